@@ -1,0 +1,48 @@
+"""The InferenceEngine protocol: what the chat client and the trainer rely on.
+
+An engine turns token ids into sampled token ids with their logprobs and the
+weight version that produced each token. Engines are async so that many
+episodes can wait on one engine while it batches their requests together.
+
+Lifecycle (the trainer drives it around every weight update)::
+
+    await engine.pause()                  # finish in-flight work, admit nothing new
+    await engine.update_weights(update)   # load weights, version = update.version
+    await engine.resume()                 # queued requests run on the new weights
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from areal_env.types import GenerationRequest, GenerationResult, WeightUpdate
+
+
+@runtime_checkable
+class InferenceEngine(Protocol):
+    """Generates tokens for requests; swaps weights between pauses."""
+
+    @property
+    def version(self) -> int:
+        """Weight version that new tokens are sampled with."""
+        ...
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate one completion; waits while the engine is paused."""
+        ...
+
+    async def update_weights(self, update: WeightUpdate) -> None:
+        """Load new weights and set ``version`` to ``update.version``."""
+        ...
+
+    async def pause(self) -> None:
+        """Stop starting new work; return once in-flight generation has drained."""
+        ...
+
+    async def resume(self) -> None:
+        """Start serving again after a pause."""
+        ...
+
+    async def close(self) -> None:
+        """Release background tasks, sessions and memory."""
+        ...
