@@ -1,0 +1,46 @@
+"""areal-env: train LLM agents with fully asynchronous RL on async Gymnasium envs.
+
+Importing the package registers every ``areal/*`` environment id with Gymnasium.
+Registration names entry points as strings, so ``import areal_env`` stays light:
+no torch model, retrieval index or domain database is loaded until an env is made.
+
+Example:
+    >>> import gymnasium as gym
+    >>> import areal_env
+    >>> "areal/Math-v0" in gym.registry
+    True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium
+
+# agents/, envs/ and trainers/ live at the repository root and are installed as
+# areal_env.agents/.envs/.trainers (package-dir in pyproject.toml). They have no
+# __init__.py, so the top-level name `agents` stays the OpenAI Agents SDK's. In a
+# source checkout (editable install or running from the root) we extend our own
+# __path__ so that areal_env.agents resolves to ./agents.
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+if (_REPO_ROOT / "pyproject.toml").exists() and (_REPO_ROOT / "envs").is_dir():
+    __path__.append(str(_REPO_ROOT))  # type: ignore[name-defined]
+
+__version__ = "0.1.0"
+
+ENV_IDS: tuple[str, ...] = ("areal/Math-v0",)
+"""Every environment id this package registers."""
+
+
+def _register_envs() -> None:
+    if "areal/Math-v0" not in gymnasium.registry:
+        gymnasium.register(
+            id="areal/Math-v0",
+            entry_point="areal_env.envs.math.env:MathEnv",
+            disable_env_checker=True,
+        )
+
+
+_register_envs()
+
+__all__ = ["ENV_IDS", "__version__"]

@@ -1,0 +1,105 @@
+"""Test doubles shipped with the library: build every test on these.
+
+* :class:`ScriptedEngine`: an InferenceEngine that replays fixed token outputs
+  with fixed logprobs and a settable weight version;
+* :func:`char_tokenizer`: the offline character tokenizer with a chat template;
+* :func:`build_tiny_model`: the offline tiny Qwen2 model (re-exported).
+
+Example:
+    >>> import asyncio
+    >>> from areal_env.types import GenerationRequest
+    >>> engine = ScriptedEngine(replies=[[5, 6]], logprob=-0.5)
+    >>> asyncio.run(engine.agenerate(GenerationRequest(input_ids=(1,)))).output_logprobs
+    [-0.5, -0.5]
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from areal_env.models.tiny import build_tiny_model, build_tokenizer
+from areal_env.types import GenerationRequest, GenerationResult, WeightUpdate
+
+__all__ = ["ScriptedEngine", "build_tiny_model", "char_tokenizer"]
+
+
+def char_tokenizer():  # -> PreTrainedTokenizerFast
+    """The embedded character tokenizer (no model needed)."""
+    return build_tokenizer()
+
+
+class ScriptedEngine:
+    """Replays ``replies`` in order (cycling), one per request.
+
+    Each reply is a list of token ids; the stop token of the request (its first
+    ``stop_token_ids`` entry) is appended when ``append_stop`` is True, so the
+    finish reason is "stop" as with a real model.
+    """
+
+    def __init__(
+        self,
+        replies: Sequence[Sequence[int]],
+        *,
+        logprob: float = -1.0,
+        version: int = 0,
+        append_stop: bool = True,
+    ) -> None:
+        if not replies:
+            raise ValueError("ScriptedEngine needs at least one reply")
+        self.replies = [list(r) for r in replies]
+        self.logprob = logprob
+        self._version = version
+        self.append_stop = append_stop
+        self.requests: list[GenerationRequest] = []
+        self.updates: list[WeightUpdate] = []
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    @property
+    def version(self) -> int:
+        """Current weight version."""
+        return self._version
+
+    def set_version(self, version: int) -> None:
+        """Set the version stamped on new tokens."""
+        self._version = version
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        """Return the next scripted reply (waits while paused)."""
+        await self._resumed.wait()
+        reply = list(self.replies[len(self.requests) % len(self.replies)])
+        self.requests.append(request)
+        finish = "length"
+        stops = request.sampling.stop_token_ids
+        if self.append_stop and stops:
+            reply.append(stops[0])
+            finish = "stop"
+        reply = reply[: request.sampling.max_new_tokens]
+        if finish == "stop" and (not reply or reply[-1] != stops[0]):
+            finish = "length"
+        return GenerationResult(
+            request_id=request.request_id,
+            input_ids=request.input_ids,
+            output_ids=reply,
+            output_logprobs=[self.logprob] * len(reply),
+            output_versions=[self._version] * len(reply),
+            finish_reason=finish,
+        )
+
+    async def update_weights(self, update: WeightUpdate) -> None:
+        """Record the update and adopt its version."""
+        self.updates.append(update)
+        self._version = update.version
+
+    async def pause(self) -> None:
+        """Hold new requests until resume()."""
+        self._resumed.clear()
+
+    async def resume(self) -> None:
+        """Release held requests."""
+        self._resumed.set()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+        self._resumed.set()
