@@ -133,7 +133,8 @@ class ChatClient:
         stop = overrides.get("stop")
         return SamplingParams(
             max_new_tokens=overrides.get("max_tokens") or d.max_new_tokens,
-            temperature=d.temperature if overrides.get("temperature") is None
+            temperature=d.temperature
+            if overrides.get("temperature") is None
             else overrides["temperature"],
             top_p=d.top_p if overrides.get("top_p") is None else overrides["top_p"],
             top_k=d.top_k,
@@ -161,8 +162,9 @@ class EpisodeClient:
         """Every recorded segment, the current one last."""
         return [*self.segments, self.trajectory]
 
-    async def create(self, *, messages: list[dict], tools: list[dict] | None = None,
-                     **kwargs: Any) -> ChatCompletion:
+    async def create(
+        self, *, messages: list[dict], tools: list[dict] | None = None, **kwargs: Any
+    ) -> ChatCompletion:
         """Sample one assistant message for ``messages`` and record its tokens."""
         if not messages:
             raise ValueError("chat.completions.create: messages must not be empty")

@@ -1,0 +1,114 @@
+"""The TrainBackend protocol and the shared token-logprob computation.
+
+A backend owns the trainable model and its optimizer on some device layout
+(one device, FSDP2 shards, Megatron). The trainer only sees this surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from areal_env.types import EpisodeBatch
+
+BACKENDS = ("torch",)
+"""Valid values of ``train.backend``."""
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """Optimisation settings shared by every backend."""
+
+    backend: str = "torch"
+    """Which backend trains the model: one of BACKENDS."""
+    steps: int = 100
+    """Number of RL training steps (weight versions to produce)."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 20
+    """Linear learning-rate warm-up, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    ppo_minibatches: int = 2
+    """Optimizer steps per batch: the trained rows are split into this many minibatches."""
+    micro_batch_size: int = 256
+    """Rows per forward/backward pass; gradients accumulate across micro-batches."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"train.backend must be one of {BACKENDS}, got {self.backend!r}")
+        for key in ("steps", "ppo_minibatches", "micro_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@runtime_checkable
+class TrainBackend(Protocol):
+    """What the trainer needs from a model + optimizer holder."""
+
+    def token_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, L] logprob of each token given its prefix (0 at position 0), no grad."""
+        ...
+
+    def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
+        """One PPO-style update on ``rows`` of ``batch``; returns metrics."""
+        ...
+
+    def weights_for_sync(self) -> dict[str, torch.Tensor]:
+        """Full (unsharded) state dict to push to inference engines."""
+        ...
+
+    def save(self, path: str) -> None:
+        """Write model (HF format) and optimizer state under ``path``."""
+        ...
+
+    def load(self, path: str) -> None:
+        """Restore what :meth:`save` wrote."""
+        ...
+
+
+class LossFn(Protocol):
+    """Loss over one micro-batch, returning (loss, metrics)."""
+
+    def __call__(
+        self,
+        logprobs: torch.Tensor,
+        old_logprobs: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        ref_logprobs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Args are [B, T] except advantages [B]."""
+        ...
+
+
+def gather_token_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Logprob of each token under the model's prediction from the previous position.
+
+    Args:
+        logits: [B, L, V] model outputs.
+        input_ids: [B, L] the tokens.
+        temperature: sampling temperature the behaviour policy used (0 = greedy, scored at 1).
+
+    Returns:
+        [B, L] with 0 at position 0 (nothing predicts the first token).
+    """
+    t = temperature if temperature > 0 else 1.0
+    logp = torch.log_softmax(logits[:, :-1].float() / t, dim=-1)
+    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(picked, (1, 0), value=0.0)

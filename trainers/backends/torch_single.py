@@ -1,0 +1,167 @@
+"""Single-device training backend: one model and one AdamW on CPU, CUDA or NPU.
+
+``train_step`` splits the rows it is given into ``ppo_minibatches`` minibatches
+and takes one optimizer step per minibatch, accumulating gradients over
+micro-batches of ``micro_batch_size`` rows. The loss of a minibatch is the
+row-weighted mean of its micro-batch losses, so micro-batching does not change
+the gradient of a token-mean loss beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from areal_env.trainers.backends.base import LossFn, TrainConfig, gather_token_logprobs
+from areal_env.types import EpisodeBatch, PaddedBatch
+
+
+class TorchBackend:
+    """Trainable model + optimizer + LR schedule on one device.
+
+    Args:
+        model: a HF causal LM, already on its device.
+        config: optimisation settings.
+        pad_id: token id used to pad rows.
+        temperature: the behaviour policy's sampling temperature.
+        ref_model: optional frozen reference model for a KL penalty.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: TrainConfig,
+        *,
+        pad_id: int,
+        temperature: float = 1.0,
+        ref_model: torch.nn.Module | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.pad_id = pad_id
+        self.temperature = temperature
+        self.ref_model = ref_model
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, betas=config.betas,
+            weight_decay=config.weight_decay,
+        )
+        warm = max(config.warmup_steps, 1)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm)
+        )
+
+    def token_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        model: torch.nn.Module | None = None,
+    ) -> torch.Tensor:
+        """[B, L] logprobs of each token under ``model`` (default: the policy), no grad."""
+        model = model or self.model
+        out = torch.zeros(input_ids.shape, dtype=torch.float32)
+        with torch.no_grad():
+            for sl in self._micro_slices(input_ids.shape[0]):
+                ids = input_ids[sl].to(self.device)
+                attn = attention_mask[sl].to(self.device)
+                logits = model(input_ids=ids, attention_mask=attn).logits
+                out[sl] = gather_token_logprobs(logits, ids, self.temperature).cpu()
+        return out
+
+    def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
+        """One update over ``rows`` (indices into ``batch.trajectories``).
+
+        Rows are usually those with a non-zero advantage: a group whose rewards
+        are all equal carries no gradient and is skipped by the caller.
+        """
+        if not rows:
+            raise ValueError("train_step needs at least one row")
+        padded = batch.padded(self.pad_id, rows=rows)
+        ref = None
+        if self.ref_model is not None:
+            ref = self.token_logprobs(padded.input_ids, padded.attention_mask, self.ref_model)
+        n_mini = min(self.config.ppo_minibatches, len(rows))
+        stats: dict[str, float] = {}
+        self.model.train()
+        for idx in torch.arange(len(rows)).chunk(n_mini):
+            step_stats = self._minibatch_step(padded, idx, ref, loss_fn)
+            for k, v in step_stats.items():
+                stats[k] = stats.get(k, 0.0) + v / n_mini
+        self.model.eval()
+        stats["train/lr"] = self.lr_schedule.get_last_lr()[0]
+        stats["train/rows"] = float(len(rows))
+        return stats
+
+    def _minibatch_step(
+        self, padded: PaddedBatch, idx: torch.Tensor, ref: torch.Tensor | None, loss_fn: LossFn
+    ) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+        total = len(idx)
+        for sl in self._micro_slices(total):
+            part = idx[sl]
+            ids = padded.input_ids[part].to(self.device)
+            attn = padded.attention_mask[part].to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=attn).logits
+            logp = gather_token_logprobs(logits, ids, self.temperature)
+            # Position t scores token t; the mask marks generated tokens.
+            loss, metrics = loss_fn(
+                logp,
+                padded.logprobs[part].to(self.device),
+                padded.advantages[part].to(self.device),
+                padded.loss_mask[part].to(self.device),
+                ref_logprobs=None if ref is None else ref[part].to(self.device),
+            )
+            weight = len(part) / total
+            (loss * weight).backward()
+            for k, v in metrics.items():
+                stats[k] = stats.get(k, 0.0) + v * weight
+        norm = self._clip_grad()
+        self.optimizer.step()
+        self.lr_schedule.step()
+        stats["train/grad_norm"] = norm
+        return stats
+
+    def _clip_grad(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _micro_slices(self, n: int) -> list[slice]:
+        step = self.config.micro_batch_size
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    def weights_for_sync(self) -> dict[str, torch.Tensor]:
+        """The policy's state dict (tensors are shared, not copied)."""
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def save(self, path: str) -> None:
+        """Model in HF format plus optimizer and LR-schedule state."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out / "model")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()},
+            out / "optimizer.pt",
+        )
+        if self.ref_model is not None:
+            torch.save(self.ref_model.state_dict(), out / "ref_model.pt")
+
+    def load(self, path: str) -> None:
+        """Restore model, optimizer, LR schedule and reference model from :meth:`save`."""
+        from safetensors.torch import load_file
+
+        src = Path(path)
+        state = {}
+        for f in sorted((src / "model").glob("*.safetensors")):
+            state.update(load_file(f, device=str(self.device)))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
+            raise ValueError(f"checkpoint {src} does not match the model: {missing} {unexpected}")
+        opt = torch.load(src / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.lr_schedule.load_state_dict(opt["lr_schedule"])
+        ref_file = src / "ref_model.pt"
+        if self.ref_model is not None and ref_file.exists():
+            ref_state = torch.load(ref_file, map_location=self.device, weights_only=True)
+            self.ref_model.load_state_dict(ref_state)

@@ -1,0 +1,92 @@
+"""Build the run's components from the config: model, engine, client, env, agent.
+
+Kept apart from the entry points so that grpo.py reads as the algorithm, and so
+that other trainers (SFT, PPO) build the same pieces the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import areal_env  # noqa: F401  (registers the areal/* env ids)
+from areal_env.agents.single_turn import SingleTurnAgent
+from areal_env.config import ModelConfig, resolve_device
+from areal_env.inference.chat_client import ChatClient
+from areal_env.inference.local import LocalEngine
+from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
+from areal_env.rollout.episode import make_episode_fn
+from areal_env.trainers.config import GRPOConfig
+
+
+@dataclass(kw_only=True, slots=True)
+class Components:
+    """Everything a trainer step touches."""
+
+    tokenizer: Any
+    policy: torch.nn.Module
+    engine: LocalEngine
+    client: ChatClient
+    env_factory: Callable[[], Any]
+    agent: Any
+    episode_fn: Callable[[int, int], Any]
+    device: str
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (envs seed their own RNGs per reset)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_dir(cfg: ModelConfig, output_dir: str) -> str:
+    """The folder or hub id to load; builds the embedded tiny model when path is None."""
+    if cfg.path is not None:
+        return cfg.path
+    return str(build_tiny_model(Path(output_dir) / "tiny_model", cfg.tiny))
+
+
+def make_env_factory(env_id: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
+    """A factory of fresh envs; fails now, not mid-run, on a bad id or kwargs."""
+    if env_id not in gym.registry:
+        known = sorted(k for k in gym.registry if k.startswith("areal/"))
+        raise ValueError(f"env.id {env_id!r} is not registered; areal ids: {known}")
+
+    def factory() -> Any:
+        return gym.make(env_id, **kwargs).unwrapped
+
+    factory().close()
+    return factory
+
+
+def build_components(cfg: GRPOConfig) -> Components:
+    """Load the model twice (trainer copy and inference copy) and wire the rollout path."""
+    device = resolve_device(cfg.model.device)
+    path = model_dir(cfg.model, cfg.output_dir)
+    policy, tokenizer = load_model_and_tokenizer(path, dtype=cfg.model.dtype, device=device)
+    # The engine gets its own copy: rollouts keep sampling while the trainer
+    # steps, and weights move only through update_weights.
+    engine_model = copy.deepcopy(policy).eval()
+    engine = LocalEngine(engine_model, tokenizer, cfg.inference.local)
+    client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
+    env_factory = make_env_factory(cfg.env.id, dict(cfg.env.kwargs))
+    agent = SingleTurnAgent()
+    return Components(
+        tokenizer=tokenizer,
+        policy=policy,
+        engine=engine,
+        client=client,
+        env_factory=env_factory,
+        agent=agent,
+        episode_fn=make_episode_fn(env_factory, agent, client.episode),
+        device=device,
+    )

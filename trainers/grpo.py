@@ -1,0 +1,175 @@
+"""GRPO-family trainer: ``python trainers/grpo.py [--config F.yaml] [--resume] [k=v ...]``.
+
+The algorithm (GRPO, Shao et al. 2024, with AReaL's asynchronous rollouts):
+
+1. The rollout scheduler keeps episodes running in the background: each task is
+   played ``n_samples`` times (a group), and no episode starts more than
+   ``max_head_offpolicyness`` weight versions ahead of the trainer.
+2. Each step takes ``batch_size`` finished groups; advantages are group-relative
+   ((r - mean) / (std + eps) for GRPO; the preset picks the estimator).
+3. Rows of groups whose rewards are all equal have zero advantage and are
+   skipped in the train pass (no gradient, so only wasted compute).
+4. Token-level clipped PPO loss against the *behaviour* logprobs recorded by
+   the engine at sampling time, plus an optional KL penalty to the frozen
+   warm-start model; ``train.ppo_minibatches`` optimizer steps per batch.
+5. New weights go to the engine (pause -> load -> version+1 -> resume).
+
+Departures from the paper: the KL term defaults to k3 against the warm-start
+model, not the pretrained model (the embedded run starts from scratch); the
+loss is token-mean, as in AReaL and DAPO; with ``max_head_offpolicyness > 0``
+samples may be a version or more stale, and the clipped ratio against the
+behaviour logprobs bounds how far such samples can pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from areal_env.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from areal_env.config import load_config, to_yaml
+from areal_env.metrics import MetricsLogger
+from areal_env.rollout.scheduler import RolloutScheduler
+from areal_env.trainers.algorithms.advantages import compute_advantages
+from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss
+from areal_env.trainers.algorithms.presets import get_preset
+from areal_env.trainers.backends.torch_single import TorchBackend
+from areal_env.trainers.build import Components, build_components, seed_everything
+from areal_env.trainers.config import AlgorithmConfig, GRPOConfig
+from areal_env.trainers.warm_start import warm_start
+from areal_env.trainers.weight_sync import push_weights
+from areal_env.types import EpisodeBatch
+
+logger = logging.getLogger("areal_env.grpo")
+
+
+def make_loss_fn(cfg: AlgorithmConfig, max_len: int) -> functools.partial:
+    """The preset's clipped loss with the config's overrides applied."""
+    preset = get_preset(cfg.preset)
+
+    def pick(name: str) -> object:
+        value = getattr(cfg, name)
+        return getattr(preset, name) if value is None else value
+
+    return functools.partial(
+        ppo_clip_loss,
+        clip_low=pick("clip_low"),
+        clip_high=pick("clip_high"),
+        aggregation=preset.aggregation,
+        kl_coef=pick("kl_coef"),
+        kl_estimator=pick("kl_estimator"),
+        max_len=max_len,
+    )
+
+
+def trainable_rows(batch: EpisodeBatch) -> list[int]:
+    """Indices of trajectories with a non-zero advantage (all-equal groups have none)."""
+    flat = [a for g in batch.advantages or [] for a in g]
+    return [i for i, a in enumerate(flat) if abs(a) > 1e-8]
+
+
+async def train(cfg: GRPOConfig, parts: Components, backend: TorchBackend,
+                scheduler: RolloutScheduler, metrics: MetricsLogger, start_step: int) -> None:
+    """The step loop: batch -> advantages -> train -> push weights -> log -> checkpoint."""
+    preset = get_preset(cfg.algorithm.preset)
+    loss_fn = make_loss_fn(cfg.algorithm, cfg.inference.sampling.max_new_tokens)
+    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="grpo",
+               disable=not cfg.metrics.progress, dynamic_ncols=True)
+    async with scheduler.running():
+        for step in range(start_step, cfg.train.steps):
+            t0 = time.perf_counter()
+            batch = await scheduler.next_batch()
+            t_wait = time.perf_counter() - t0
+            batch = compute_advantages(batch, preset.advantage)
+            rows = trainable_rows(batch)
+            stats = {}
+            if rows:  # a batch of only all-equal groups carries no gradient
+                stats = await asyncio.to_thread(backend.train_step, batch, loss_fn, rows)
+            version = step + 1
+            await push_weights(backend, parts.engine, scheduler, version=version)
+            step_s = time.perf_counter() - t0
+            gen_tokens = batch.stats.get("rollout/gen_tokens", 0.0)
+            metrics.log(version, {
+                **batch.stats, **stats,
+                "time/step_s": step_s, "time/wait_rollout_s": t_wait,
+                "throughput/gen_tokens_per_s": gen_tokens / max(step_s, 1e-9),
+                "train/trained_fraction": len(rows) / max(len(batch), 1),
+                "train/version": float(version),
+            })
+            bar.update(1)
+            bar.set_postfix(reward=f"{batch.stats.get('rollout/reward_mean', 0):.3f}")
+            every = cfg.checkpoint.every_steps
+            if version == cfg.train.steps or (every and version % every == 0):
+                state = TrainerState(step=version, version=version,
+                                     scheduler=scheduler.state_dict())
+                save_checkpoint(cfg.output_dir, state, backend, keep_last=cfg.checkpoint.keep_last)
+    bar.close()
+
+
+async def run(cfg: GRPOConfig) -> Path:
+    """Build everything, warm-start or resume, train, save the final model."""
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    parts = build_components(cfg)
+    temperature = cfg.inference.sampling.temperature
+    checkpoints = list_checkpoints(out) if cfg.recover else []
+    if cfg.recover and not checkpoints:
+        logger.warning("recover=true but no checkpoint in %s: starting fresh", out)
+    if cfg.warm_start.enabled and not checkpoints:
+        result = await warm_start(
+            cfg.warm_start, parts.policy, engine=parts.engine, client=parts.client,
+            env_factory=parts.env_factory, episode_fn=parts.episode_fn,
+            temperature=temperature, seed=cfg.seed,
+        )
+        logger.info("warm start: %s", result)
+    ref_model = copy.deepcopy(parts.policy).eval().requires_grad_(False)
+    kl_coef = make_loss_fn(cfg.algorithm, 1).keywords["kl_coef"]
+    backend = TorchBackend(parts.policy, cfg.train, pad_id=parts.tokenizer.pad_token_id,
+                           temperature=temperature, ref_model=ref_model if kl_coef else None)
+    start_step = 0
+    scheduler = RolloutScheduler(cfg.rollout, parts.episode_fn, version=0)
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1], backend)
+        scheduler = RolloutScheduler(cfg.rollout, parts.episode_fn, version=state.version)
+        scheduler.load_state_dict(state.scheduler)
+        start_step = state.step
+        logger.info("resumed from %s (step %d)", checkpoints[-1], start_step)
+    await push_weights(backend, parts.engine, scheduler, version=start_step)
+    metrics = MetricsLogger(out, cfg.metrics, run_config=asdict(cfg),
+                            resume_after_step=start_step if checkpoints else None)
+    try:
+        await train(cfg, parts, backend, scheduler, metrics, start_step)
+    finally:
+        metrics.close()
+        await parts.engine.close()
+    final = out / "final_model"
+    parts.policy.save_pretrained(final)
+    parts.tokenizer.save_pretrained(final)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: config from argv, run, report where the results are."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(GRPOConfig, argv)
+    except ValueError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    final = asyncio.run(run(cfg))
+    print(f"done: metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}, final model in {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
