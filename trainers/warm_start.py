@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
 from areal_env.trainers.config import WarmStartConfig
@@ -43,19 +44,6 @@ class WarmStartResult:
     """Last measured sampled accuracy."""
     reached_target: bool
     """Whether accuracy reached the target before max_steps."""
-
-
-def sft_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    ref_logprobs: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-mean negative log-likelihood of the masked tokens (others are ignored)."""
-    nll = -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
-    return nll, {"sft/nll": float(nll.detach())}
 
 
 async def demonstrations(env_factory: Any, client: Any, n: int) -> list[Trajectory]:
@@ -110,7 +98,7 @@ async def warm_start(
     while step < cfg.max_steps:
         batch = EpisodeBatch(groups=[rng.sample(pool, min(cfg.batch_size, len(pool)))])
         rows = list(range(len(batch)))
-        stats = await asyncio.to_thread(sft.train_step, batch, sft_loss, rows)
+        stats = await asyncio.to_thread(sft.train_step, batch, nll_loss, rows)
         step += 1
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             await push_weights(sft, engine, None, version=engine.version)
