@@ -104,7 +104,7 @@ def plot_metrics(path: str | Path, keys: tuple[str, ...] = PLOT_KEYS) -> Path | 
     if not rows or not present:
         return None
     fig, axes = plt.subplots(len(present), 1, figsize=(7, 2.6 * len(present)), squeeze=False)
-    for ax, key in zip(axes[:, 0], present):
+    for ax, key in zip(axes[:, 0], present, strict=True):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
         ax.set_ylabel(key)

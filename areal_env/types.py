@@ -207,7 +207,7 @@ class Trajectory:
     @property
     def oldest_version(self) -> int:
         """Lowest weight version among generated tokens (PROMPT_VERSION if none)."""
-        gen = [v for v, m in zip(self.versions, self.loss_mask) if m]
+        gen = [v for v, m in zip(self.versions, self.loss_mask, strict=True) if m]
         return min(gen) if gen else PROMPT_VERSION
 
 

@@ -23,8 +23,9 @@ def test_import_agents_in_pytest_is_the_openai_agents_sdk():
 
 def test_import_agents_from_repo_root_with_python_c_is_the_sdk():
     code = "import agents; print(agents.__file__); print(hasattr(agents, 'Runner'))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[1] == "True"
     assert not Path(out[0]).resolve().is_relative_to(REPO)
 

@@ -39,7 +39,9 @@ class AlgorithmConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ValueError(f"algorithm.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+            raise ValueError(
+                f"algorithm.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
+            )
 
 
 @dataclass(kw_only=True, slots=True)

@@ -76,13 +76,24 @@ def trainable_rows(batch: EpisodeBatch) -> list[int]:
     return [i for i, a in enumerate(flat) if abs(a) > 1e-8]
 
 
-async def train(cfg: GRPOConfig, parts: Components, backend: TorchBackend,
-                scheduler: RolloutScheduler, metrics: MetricsLogger, start_step: int) -> None:
+async def train(
+    cfg: GRPOConfig,
+    parts: Components,
+    backend: TorchBackend,
+    scheduler: RolloutScheduler,
+    metrics: MetricsLogger,
+    start_step: int,
+) -> None:
     """The step loop: batch -> advantages -> train -> push weights -> log -> checkpoint."""
     preset = get_preset(cfg.algorithm.preset)
     loss_fn = make_loss_fn(cfg.algorithm, cfg.inference.sampling.max_new_tokens)
-    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="grpo",
-               disable=not cfg.metrics.progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=start_step,
+        desc="grpo",
+        disable=not cfg.metrics.progress,
+        dynamic_ncols=True,
+    )
     async with scheduler.running():
         for step in range(start_step, cfg.train.steps):
             t0 = time.perf_counter()
@@ -97,19 +108,25 @@ async def train(cfg: GRPOConfig, parts: Components, backend: TorchBackend,
             await push_weights(backend, parts.engine, scheduler, version=version)
             step_s = time.perf_counter() - t0
             gen_tokens = batch.stats.get("rollout/gen_tokens", 0.0)
-            metrics.log(version, {
-                **batch.stats, **stats,
-                "time/step_s": step_s, "time/wait_rollout_s": t_wait,
-                "throughput/gen_tokens_per_s": gen_tokens / max(step_s, 1e-9),
-                "train/trained_fraction": len(rows) / max(len(batch), 1),
-                "train/version": float(version),
-            })
+            metrics.log(
+                version,
+                {
+                    **batch.stats,
+                    **stats,
+                    "time/step_s": step_s,
+                    "time/wait_rollout_s": t_wait,
+                    "throughput/gen_tokens_per_s": gen_tokens / max(step_s, 1e-9),
+                    "train/trained_fraction": len(rows) / max(len(batch), 1),
+                    "train/version": float(version),
+                },
+            )
             bar.update(1)
             bar.set_postfix(reward=f"{batch.stats.get('rollout/reward_mean', 0):.3f}")
             every = cfg.checkpoint.every_steps
             if version == cfg.train.steps or (every and version % every == 0):
-                state = TrainerState(step=version, version=version,
-                                     scheduler=scheduler.state_dict())
+                state = TrainerState(
+                    step=version, version=version, scheduler=scheduler.state_dict()
+                )
                 save_checkpoint(cfg.output_dir, state, backend, keep_last=cfg.checkpoint.keep_last)
     bar.close()
 
@@ -118,8 +135,6 @@ async def run(cfg: GRPOConfig) -> Path:
     """Build everything, warm-start or resume, train, save the final model."""
     seed_everything(cfg.seed)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
     parts = build_components(cfg)
     temperature = cfg.inference.sampling.temperature
     checkpoints = list_checkpoints(out) if cfg.recover else []
@@ -127,15 +142,25 @@ async def run(cfg: GRPOConfig) -> Path:
         logger.warning("recover=true but no checkpoint in %s: starting fresh", out)
     if cfg.warm_start.enabled and not checkpoints:
         result = await warm_start(
-            cfg.warm_start, parts.policy, engine=parts.engine, client=parts.client,
-            env_factory=parts.env_factory, episode_fn=parts.episode_fn,
-            temperature=temperature, seed=cfg.seed,
+            cfg.warm_start,
+            parts.policy,
+            engine=parts.engine,
+            client=parts.client,
+            env_factory=parts.env_factory,
+            episode_fn=parts.episode_fn,
+            temperature=temperature,
+            seed=cfg.seed,
         )
         logger.info("warm start: %s", result)
     ref_model = copy.deepcopy(parts.policy).eval().requires_grad_(False)
     kl_coef = make_loss_fn(cfg.algorithm, 1).keywords["kl_coef"]
-    backend = TorchBackend(parts.policy, cfg.train, pad_id=parts.tokenizer.pad_token_id,
-                           temperature=temperature, ref_model=ref_model if kl_coef else None)
+    backend = TorchBackend(
+        parts.policy,
+        cfg.train,
+        pad_id=parts.tokenizer.pad_token_id,
+        temperature=temperature,
+        ref_model=ref_model if kl_coef else None,
+    )
     start_step = 0
     scheduler = RolloutScheduler(cfg.rollout, parts.episode_fn, version=0)
     if checkpoints:
@@ -145,8 +170,12 @@ async def run(cfg: GRPOConfig) -> Path:
         start_step = state.step
         logger.info("resumed from %s (step %d)", checkpoints[-1], start_step)
     await push_weights(backend, parts.engine, scheduler, version=start_step)
-    metrics = MetricsLogger(out, cfg.metrics, run_config=asdict(cfg),
-                            resume_after_step=start_step if checkpoints else None)
+    metrics = MetricsLogger(
+        out,
+        cfg.metrics,
+        run_config=asdict(cfg),
+        resume_after_step=start_step if checkpoints else None,
+    )
     try:
         await train(cfg, parts, backend, scheduler, metrics, start_step)
     finally:
@@ -166,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
     final = asyncio.run(run(cfg))
     print(f"done: metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}, final model in {final}")
     return 0

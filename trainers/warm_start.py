@@ -57,7 +57,9 @@ async def demonstrations(env_factory: Any, client: Any, n: int) -> list[Trajecto
         if "answer" not in info:
             raise ValueError("warm_start needs an env whose reset info has an 'answer'")
         traj = Trajectory()
-        traj.append_prompt(client.encode(client.render(list(obs), env.tools, generation_prompt=True)))
+        traj.append_prompt(
+            client.encode(client.render(list(obs), env.tools, generation_prompt=True))
+        )
         reply = client.encode(str(info["answer"])) + [tok.eos_token_id]
         traj.input_ids.extend(reply)
         traj.loss_mask.extend([1] * len(reply))
@@ -87,8 +89,12 @@ async def warm_start(
     """Fine-tune ``model`` in place until sampled accuracy reaches the target."""
     sft = TorchBackend(
         model,
-        TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, ppo_minibatches=1,
-                    micro_batch_size=cfg.batch_size),
+        TrainConfig(
+            lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps,
+            ppo_minibatches=1,
+            micro_batch_size=cfg.batch_size,
+        ),
         pad_id=client.tokenizer.pad_token_id,
         temperature=1.0,
     )
@@ -103,8 +109,13 @@ async def warm_start(
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             await push_weights(sft, engine, None, version=engine.version)
             accuracy = await sampled_accuracy(episode_fn, cfg.eval_episodes)
-            logger.info("warm start step %d: nll %.3f accuracy %.3f (T=%.1f)",
-                        step, stats["sft/nll"], accuracy, temperature)
+            logger.info(
+                "warm start step %d: nll %.3f accuracy %.3f (T=%.1f)",
+                step,
+                stats["sft/nll"],
+                accuracy,
+                temperature,
+            )
             if accuracy >= cfg.target_accuracy:
                 return WarmStartResult(steps=step, accuracy=accuracy, reached_target=True)
     return WarmStartResult(steps=step, accuracy=accuracy, reached_target=False)

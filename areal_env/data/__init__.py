@@ -1,0 +1,1 @@
+"""Task sources: synthetic tasks made in code and loaders for local data files."""

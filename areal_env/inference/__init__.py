@@ -1,0 +1,1 @@
+"""Inference: the engine protocol, the local transformers engine, the chat client."""

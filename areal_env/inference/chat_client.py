@@ -19,7 +19,8 @@ Example:
     >>> tok = char_tokenizer()
     >>> client = ChatClient(ScriptedEngine(replies=[tok.encode("42")]), tok)
     >>> ep = client.episode()
-    >>> reply = asyncio.run(ep.chat.completions.create(messages=[{"role": "user", "content": "6*7"}]))
+    >>> messages = [{"role": "user", "content": "6*7"}]
+    >>> reply = asyncio.run(ep.chat.completions.create(messages=messages))
     >>> reply.choices[0].message.content, sum(ep.trajectory.loss_mask)
     ('42', 3)
 """

@@ -1,0 +1,1 @@
+"""Offline model builders (the embedded tiny Qwen2 and its tokenizer)."""

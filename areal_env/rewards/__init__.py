@@ -1,0 +1,1 @@
+"""Reward functions (verifiers) shared by the envs."""

@@ -1,0 +1,1 @@
+"""Rollout: the asyncio scheduler, the staleness bound, grouping and episode failures."""

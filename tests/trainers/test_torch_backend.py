@@ -3,10 +3,10 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from areal_env.trainers.algorithms.losses.nll import nll_loss as sft_loss
 from areal_env.trainers.backends.base import TrainConfig, gather_token_logprobs
 from areal_env.trainers.backends.torch_single import TorchBackend
-from areal_env.trainers.algorithms.losses.nll import nll_loss as sft_loss
-
 from areal_env.types import EpisodeBatch, Trajectory
 
 

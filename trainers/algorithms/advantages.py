@@ -142,7 +142,7 @@ def compute_advantages(batch: EpisodeBatch, estimator: str, **kw: float) -> Epis
         flat = fn(batch.rewards, **kw).tolist() if len(batch) else []
         sizes = [len(g) for g in batch.groups]
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        batch.advantages = [flat[s : s + n] for s, n in zip(starts, sizes)]
+        batch.advantages = [flat[s : s + n] for s, n in zip(starts, sizes, strict=True)]
     else:
         batch.advantages = [
             fn([t.reward for t in g], **kw).tolist() if g else [] for g in batch.groups

@@ -10,9 +10,7 @@ KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 _MAX_LOG_RATIO = 20.0
 
 
-def kl_penalty(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str
-) -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
     """Estimate KL(pi || pi_ref) per token from the sampled tokens' log-probabilities.
 
     With ``log_ratio = logprobs - ref_logprobs`` (J. Schulman, "Approximating KL

@@ -56,9 +56,7 @@ class TrainConfig:
 class TrainBackend(Protocol):
     """What the trainer needs from a model + optimizer holder."""
 
-    def token_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, L] logprob of each token given its prefix (0 at position 0), no grad."""
         ...
 

@@ -45,7 +45,9 @@ class TorchBackend:
         self.ref_model = ref_model
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas,
+            model.parameters(),
+            lr=config.lr,
+            betas=config.betas,
             weight_decay=config.weight_decay,
         )
         warm = max(config.warmup_steps, 1)
@@ -54,7 +56,9 @@ class TorchBackend:
         )
 
     def token_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
         model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         """[B, L] logprobs of each token under ``model`` (default: the policy), no grad."""
@@ -141,7 +145,10 @@ class TorchBackend:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out / "model")
         torch.save(
-            {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()},
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "lr_schedule": self.lr_schedule.state_dict(),
+            },
             out / "optimizer.pt",
         )
         if self.ref_model is not None:

@@ -77,19 +77,8 @@ def ppo_clip_loss(
     Raises:
         ValueError: on bad shapes, names or clip values.
     """
-    if logprobs.dim() != 2 or old_logprobs.shape != logprobs.shape:
-        raise ValueError(
-            f"logprobs and old_logprobs must both be [B, T], got {tuple(logprobs.shape)} "
-            f"and {tuple(old_logprobs.shape)}"
-        )
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1)
-    if advantages.shape not in (logprobs.shape, (logprobs.shape[0], 1)):
-        raise ValueError(f"advantages must be [B] or [B, T], got {tuple(advantages.shape)}")
-    if not (0.0 <= clip_low < 1.0 and clip_high >= 0.0):
-        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
-    if dual_clip_c is not None and dual_clip_c <= 1.0:
-        raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
+    advantages = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    _check_inputs(logprobs, old_logprobs, advantages, clip_low, clip_high, dual_clip_c)
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {kl_estimator!r}; valid: {list(KL_ESTIMATORS)}")
     if kl_coef != 0.0 and ref_logprobs is None:
@@ -121,21 +110,38 @@ def ppo_clip_loss(
     loss = aggregate(per_token, mask, aggregation, max_len=max_len)
 
     with torch.no_grad():
-
-        def token_mean(x: torch.Tensor) -> float:
-            return aggregate(x.to(logprobs.dtype), mask, "token_mean").item()
-
-        metrics = {
-            "loss/total": loss.item(),
-            "loss/pg": aggregate(pg, mask, aggregation, max_len=max_len).item(),
+        stats = {
+            "loss/total": loss,
+            "loss/pg": aggregate(pg, mask, aggregation, max_len=max_len),
             "loss/kl_ref": (
-                0.0
-                if kl_ref is None
-                else aggregate(kl_ref, mask, aggregation, max_len=max_len).item()
+                zero if kl_ref is None else aggregate(kl_ref, mask, aggregation, max_len=max_len)
             ),
-            "loss/clip_frac": token_mean(is_clipped),
-            "loss/dual_clip_frac": token_mean(is_dual),
-            "loss/ratio_mean": token_mean(ratio),
-            "loss/approx_kl_old": token_mean(kl_penalty(old, lp, "k3")),
+            "loss/clip_frac": aggregate(is_clipped.to(zero.dtype), mask, "token_mean"),
+            "loss/dual_clip_frac": aggregate(is_dual.to(zero.dtype), mask, "token_mean"),
+            "loss/ratio_mean": aggregate(ratio, mask, "token_mean"),
+            "loss/approx_kl_old": aggregate(kl_penalty(old, lp, "k3"), mask, "token_mean"),
         }
-    return loss, metrics
+        # One device-to-host copy for all metrics instead of one sync per .item().
+        values = torch.stack([v.detach().float() for v in stats.values()]).tolist()
+    return loss, dict(zip(stats, values, strict=True))
+
+
+def _check_inputs(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip_c: float | None,
+) -> None:
+    if logprobs.dim() != 2 or old_logprobs.shape != logprobs.shape:
+        raise ValueError(
+            f"logprobs and old_logprobs must both be [B, T], got {tuple(logprobs.shape)} "
+            f"and {tuple(old_logprobs.shape)}"
+        )
+    if advantages.shape not in (logprobs.shape, (logprobs.shape[0], 1)):
+        raise ValueError(f"advantages must be [B] or [B, T], got {tuple(advantages.shape)}")
+    if not (0.0 <= clip_low < 1.0 and clip_high >= 0.0):
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if dual_clip_c is not None and dual_clip_c <= 1.0:
+        raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")

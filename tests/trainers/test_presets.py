@@ -1,0 +1,94 @@
+"""Every preset names components that exist, and runs end to end on a tiny batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from areal_env.trainers.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
+from areal_env.trainers.algorithms.kl import KL_ESTIMATORS
+from areal_env.trainers.algorithms.losses.aggregation import AGGREGATIONS
+from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss
+from areal_env.trainers.algorithms.presets import PRESETS, Preset, get_preset
+from areal_env.types import EpisodeBatch, Trajectory
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_components_exist(name):
+    p = get_preset(name)
+    assert p is PRESETS[name]
+    assert p.advantage in ADVANTAGE_ESTIMATORS
+    assert p.aggregation in AGGREGATIONS
+    assert p.kl_estimator in KL_ESTIMATORS
+    assert 0.0 <= p.clip_low < 1.0 and p.clip_high >= p.clip_low
+    assert p.description
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_runs_end_to_end(name):
+    p = get_preset(name)
+    batch = EpisodeBatch(
+        groups=[[Trajectory(reward=r) for r in (1.0, 0.0, 0.0, 1.0)], [Trajectory(reward=1.0)]]
+    )
+    compute_advantages(batch, p.advantage)
+    adv = torch.tensor([a for g in batch.advantages for a in g])
+    lp = torch.full((5, 4), -1.0, requires_grad=True)
+    mask = torch.ones(5, 4)
+    loss, metrics = ppo_clip_loss(
+        lp,
+        torch.full((5, 4), -1.1),
+        adv,
+        mask,
+        clip_low=p.clip_low,
+        clip_high=p.clip_high,
+        aggregation=p.aggregation,
+        ref_logprobs=torch.full((5, 4), -1.2),
+        kl_coef=p.kl_coef,
+        kl_estimator=p.kl_estimator,
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_required_presets_and_their_choices():
+    assert {"grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"} <= set(PRESETS)
+    grpo, dr, dapo = get_preset("grpo"), get_preset("dr_grpo"), get_preset("dapo")
+    assert (grpo.advantage, grpo.aggregation) == ("group_mean_std", "token_mean")
+    assert (dr.advantage, dr.aggregation, dr.kl_coef) == (
+        "group_mean",
+        "seq_mean_token_sum_norm",
+        0.0,
+    )
+    assert (dapo.clip_low, dapo.clip_high, dapo.kl_coef) == (0.2, 0.28, 0.0)
+    assert dapo.filter_all_equal_groups and dapo.aggregation == "token_mean"
+    assert get_preset("rloo").advantage == "rloo"
+    assert get_preset("reinforce_pp").advantage == "batch_normalized"
+
+
+def test_preset_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_preset("grpo").clip_high = 0.5  # type: ignore[misc]
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ValueError, match="dapo") as err:
+        get_preset("ppo2")
+    assert "'ppo2'" in str(err.value) and "grpo" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"advantage": "gae"}, "advantage"),
+        ({"advantage": "rloo", "aggregation": "sum"}, "aggregation"),
+        ({"advantage": "rloo", "kl_estimator": "k4"}, "kl_estimator"),
+        ({"advantage": "rloo", "clip_low": 1.5}, "clip_low"),
+    ],
+)
+def test_preset_rejects_unknown_components(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Preset(**kw)
