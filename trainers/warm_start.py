@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from areal_env.rollout.episode import close_env
 from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
@@ -53,7 +54,7 @@ async def demonstrations(env_factory: Any, client: Any, n: int) -> list[Trajecto
     for i in range(n):
         env = env_factory()
         obs, info = await env.areset(seed=DEMO_SEED_OFFSET + i)
-        env.close()
+        await close_env(env)
         if "answer" not in info:
             raise ValueError("warm_start needs an env whose reset info has an 'answer'")
         traj = Trajectory()

@@ -149,7 +149,9 @@ def _load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     cfg_file = Path(path) / "tokenizer_config.json"
-    declared = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.exists() else None
+    declared = (
+        json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.exists() else None
+    )
     # AutoTokenizer prefers the model type's tokenizer (Qwen2Tokenizer) over a
     # folder that declares the generic class, and that one drops spaces.
     if declared in ("PreTrainedTokenizerFast", "TokenizersBackend"):

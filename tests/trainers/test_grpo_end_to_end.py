@@ -1,0 +1,91 @@
+"""A few real GRPO steps on CPU: warm start, rollouts, training, weight sync, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from areal_env.checkpoint import list_checkpoints
+from areal_env.metrics import read_metrics
+from areal_env.trainers import grpo
+
+SMALL = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=1",
+    "model.tiny.num_heads=2",
+    "model.tiny.intermediate_size=64",
+    "warm_start.max_steps=4",
+    "warm_start.eval_every=2",
+    "warm_start.eval_episodes=8",
+    "warm_start.num_demos=32",
+    "warm_start.batch_size=16",
+    "rollout.batch_size=2",
+    "rollout.n_samples=4",
+    "rollout.max_concurrent_rollouts=16",
+    "checkpoint.every_steps=2",
+    "metrics.wandb_mode=disabled",
+    "metrics.progress=false",
+]
+
+REQUIRED_KEYS = {
+    "step",
+    "rollout/reward_mean",
+    "rollout/staleness_mean",
+    "time/step_s",
+    "throughput/gen_tokens_per_s",
+}
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+def test_grpo_steps_change_weights_advance_version_and_write_outputs(tmp_path):
+    out = tmp_path / "run"
+    assert grpo.main([*SMALL, "train.steps=3", f"output_dir={out}"]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(REQUIRED_KEYS <= r.keys() for r in rows)
+    assert [r["train/version"] for r in rows] == [1.0, 2.0, 3.0]
+    assert (out / "curves.png").stat().st_size > 0
+    assert (out / "config.yaml").exists()
+    initial, final = _weights(out / "tiny_model"), _weights(out / "final_model")
+    assert any(not torch.equal(initial[k], final[k]) for k in initial)
+    last = list_checkpoints(out)[-1]
+    state = torch.load(last / "trainer_state.pt", weights_only=False)
+    assert (state["step"], state["version"]) == (3, 3)
+
+
+def test_resume_after_interrupted_run_continues_from_saved_step(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_push = grpo.push_weights
+
+    async def crash_at_step_3(backend, engine, scheduler, *, version):
+        if version == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        await real_push(backend, engine, scheduler, version=version)
+
+    monkeypatch.setattr(grpo, "push_weights", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        grpo.main([*SMALL, "train.steps=4", f"output_dir={out}"])
+    assert [p.name for p in list_checkpoints(out)] == ["step_000002"]
+    saved = torch.load(list_checkpoints(out)[-1] / "trainer_state.pt", weights_only=False)
+
+    monkeypatch.setattr(grpo, "push_weights", real_push)
+    assert grpo.main([*SMALL, "train.steps=4", f"output_dir={out}", "--resume"]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    state = torch.load(list_checkpoints(out)[-1] / "trainer_state.pt", weights_only=False)
+    assert (state["step"], state["version"]) == (4, 4)
+    # The data stream went on from the saved position instead of starting over.
+    assert state["scheduler"]["data_position"] > saved["scheduler"]["data_position"]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
+def test_bad_config_exits_with_a_message_naming_the_key(capsys):
+    assert grpo.main(["rollout.nope=1"]) == 2
+    assert "rollout.nope" in capsys.readouterr().err
