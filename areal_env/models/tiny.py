@@ -26,6 +26,9 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, IM_START, IM_END)
 CHARS = tuple(dict.fromkeys(string.printable.replace("\t", "").replace("\r", "")))
+# Role names are single tokens so the chat template costs 8 tokens per turn,
+# not 19: sequence length is most of the cost of a tiny model's train step.
+ROLE_TOKENS = ("system", "user", "assistant", "tool")
 
 # Qwen-style template. Tool schemas go into a system block; assistant tool calls
 # are written as <tool_call>{json}</tool_call>, tool results as role "tool".
@@ -74,11 +77,12 @@ def build_tokenizer():  # -> PreTrainedTokenizerFast
         >>> tok.decode(tok("12+3=")["input_ids"])
         '12+3='
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS + ROLE_TOKENS)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    core.add_tokens([AddedToken(w, normalized=False) for w in ROLE_TOKENS])
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
