@@ -63,7 +63,7 @@ class MetricsLogger:
         return wandb.init(
             project=self.config.wandb_project,
             dir=str(self.output_dir),
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # validated by MetricsConfig
             config=run_config,
             resume="allow" if resume else None,
             settings=wandb.Settings(console="off", silent=True),

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Sequence
 
 from areal_env.models.tiny import build_tiny_model, build_tokenizer
-from areal_env.types import GenerationRequest, GenerationResult, WeightUpdate
+from areal_env.types import FinishReason, GenerationRequest, GenerationResult, WeightUpdate
 
 __all__ = ["ScriptedEngine", "build_tiny_model", "char_tokenizer"]
 
@@ -70,7 +70,7 @@ class ScriptedEngine:
         await self._resumed.wait()
         reply = list(self.replies[len(self.requests) % len(self.replies)])
         self.requests.append(request)
-        finish = "length"
+        finish: FinishReason = "length"
         stops = request.sampling.stop_token_ids
         if self.append_stop and stops:
             reply.append(stops[0])

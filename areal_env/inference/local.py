@@ -30,7 +30,7 @@ import numbers
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -97,6 +97,7 @@ class _Running:
             return _Running()
         if len(keep) == len(self.rows):
             return self
+        assert self.kv is not None and self.last_tokens is not None
         index = torch.tensor(keep, dtype=torch.long, device=self.kv.lengths.device)
         self.kv.select(index)
         return _Running([self.rows[i] for i in keep], self.kv, self.last_tokens[index])
@@ -124,7 +125,7 @@ class LocalEngine:
         self._version = version
         device = next(model.parameters()).device
         self._generator = torch.Generator(device=device).manual_seed(self.config.seed)
-        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self._vocab_size = int(cast(Any, model).get_input_embeddings().num_embeddings)
         self._max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
         pad = self.config.pad_token_id
         if pad is None:
@@ -354,6 +355,7 @@ class LocalEngine:
         """Decode the running rows and prefill the admitted ones; ``[B, V]`` logits."""
         logits = []
         if running.rows:
+            assert running.kv is not None and running.last_tokens is not None
             logits.append(running.kv.decode(self.model, running.last_tokens))
         if admitted:
             prompts = [r.request.input_ids for r in admitted]
@@ -395,6 +397,7 @@ class LocalEngine:
             return False
         # A new match must end in the newest token and spans at most 4 tokens per
         # character (byte-level BPE), so decoding a tail window is enough.
+        assert self.tokenizer is not None  # agenerate refuses stop strings without one
         window = 4 * max(len(s) for s in stops) + 4
         text = self.tokenizer.decode(row.output_ids[-window:], skip_special_tokens=False)
         return any(s in text for s in stops)
@@ -404,6 +407,7 @@ class LocalEngine:
     def _load_weights(self, update: WeightUpdate) -> None:
         state = update.state_dict
         if state is None:
+            assert update.path is not None  # WeightUpdate guarantees one of the two
             state = _read_safetensors(Path(update.path), next(self.model.parameters()).device)
         _check_state_dict(self.model, state)
         with torch.no_grad():

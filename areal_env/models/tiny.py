@@ -17,6 +17,7 @@ import json
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -181,5 +182,5 @@ def load_model_and_tokenizer(
         raise ValueError(f"model.path: tokenizer at {path} has no chat template")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     return model.to(device), tok

@@ -55,9 +55,9 @@ async def test_template_that_rewrites_history_splits_segments_instead_of_retoken
     assert ep.drift_events == 1
     assert len(ep.all_segments()) == 2
     first = ep.segments[0]
-    assert [t for t, m in zip(first.input_ids, first.loss_mask, strict=True) if m] == tok.encode("77") + [
-        tok.eos_token_id
-    ]
+    assert [t for t, m in zip(first.input_ids, first.loss_mask, strict=True) if m] == tok.encode(
+        "77"
+    ) + [tok.eos_token_id]
     assert history == history_before
 
 
