@@ -125,3 +125,14 @@ class GRPOConfig:
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+def main() -> None:
+    """Print the config reference of the GRPO trainer (docs/config.md)."""
+    from areal_env.config_reference import render_reference
+
+    print(render_reference(GRPOConfig, "Config reference: trainers/grpo.py"), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The README's example runs, and docs/config.md matches the config dataclasses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from areal_env.config_reference import config_rows, render_reference
+from areal_env.trainers.config import GRPOConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_readme_python_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
+    assert blocks, "README has no python example"
+    exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+def test_config_reference_is_up_to_date():
+    want = render_reference(GRPOConfig, "Config reference: trainers/grpo.py")
+    assert (REPO / "docs" / "config.md").read_text() == want, (
+        "regenerate with: python -m areal_env.trainers.config > docs/config.md"
+    )
+
+
+def test_every_config_key_is_documented():
+    undocumented = [key for key, _, _, doc in config_rows(GRPOConfig) if not doc]
+    assert not undocumented, undocumented
