@@ -75,14 +75,26 @@ def _sample_message(
     return {"role": role, "content": "".join(_SAMPLE_CHARSET[i] for i in chars)}
 
 
-class ChatMessage(Space[dict[str, Any]]):
+class _JsonSpace(Space[Any]):
+    """Base of the chat spaces: samples are JSON already, so (de)serialising is a copy."""
+
+    def to_jsonable(self, sample_n: Iterable[Any]) -> list[Any]:
+        """Samples as a list (they are JSON-serialisable as they are)."""
+        return list(sample_n)
+
+    def from_jsonable(self, sample_n: list[Any]) -> list[Any]:
+        """Inverse of :meth:`to_jsonable`."""
+        return list(sample_n)
+
+
+class ChatMessage(_JsonSpace):
     """One OpenAI-style chat message, or (with ``allow_str``) a bare string.
 
     ``contains`` requires ``role`` in ``roles`` and ``content`` a ``str`` of at
     most ``max_length`` characters; ``tool_calls`` (a list of tool-call dicts)
     is allowed on assistant messages; ``name``, ``tool_call_id`` and
     ``reasoning_content`` must be strings when present. Other keys are ignored.
-    A message with only tool calls carries ``content=""`` (not OpenAI's ``None``).
+    An assistant message with tool calls may carry ``content=None``, as OpenAI's do.
     ``sample`` draws plain-text messages (no tool calls) from ``np_random``.
 
     Example:
@@ -122,7 +134,9 @@ class ChatMessage(Space[dict[str, Any]]):
         if not isinstance(x, dict) or x.get("role") not in self.roles:
             return False
         content = x.get("content")
-        if not isinstance(content, str) or len(content) > self.max_length:
+        # OpenAI writes content=None on an assistant message that only calls tools.
+        tool_call_only = content is None and x["role"] == "assistant" and bool(x.get("tool_calls"))
+        if not tool_call_only and (not isinstance(content, str) or len(content) > self.max_length):
             return False
         if any(k in x and not isinstance(x[k], str) for k in _OPTIONAL_STR_KEYS):
             return False
@@ -144,14 +158,6 @@ class ChatMessage(Space[dict[str, Any]]):
             raise ValueError(f"{type(self).__name__}.sample takes no mask or probability")
         return _sample_message(self.np_random, self.roles, self.max_length)
 
-    def to_jsonable(self, sample_n: Iterable[Any]) -> list[Any]:
-        """Messages are JSON already; returns them as a list."""
-        return list(sample_n)
-
-    def from_jsonable(self, sample_n: list[Any]) -> list[Any]:
-        """Inverse of :meth:`to_jsonable`."""
-        return list(sample_n)
-
     def __repr__(self) -> str:
         return (
             f"ChatMessage(roles={self.roles}, max_length={self.max_length}, "
@@ -167,7 +173,7 @@ class ChatMessage(Space[dict[str, Any]]):
         )
 
 
-class ChatMessages(Space[list[dict[str, Any]]]):
+class ChatMessages(_JsonSpace):
     """A list of at most ``max_messages`` chat messages; empty lists belong too.
 
     Example:
@@ -217,14 +223,6 @@ class ChatMessages(Space[list[dict[str, Any]]]):
         rng, roles, max_length = self.np_random, self.message.roles, self.message.max_length
         n = int(rng.integers(1, min(self.max_messages, 4) + 1))
         return [_sample_message(rng, roles, max_length) for _ in range(n)]
-
-    def to_jsonable(self, sample_n: Iterable[Any]) -> list[Any]:
-        """Message lists are JSON already; returns them as a list."""
-        return list(sample_n)
-
-    def from_jsonable(self, sample_n: list[Any]) -> list[Any]:
-        """Inverse of :meth:`to_jsonable`."""
-        return list(sample_n)
 
     def __repr__(self) -> str:
         return (

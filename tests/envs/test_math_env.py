@@ -206,6 +206,10 @@ def test_chat_spaces_contains() -> None:
     } not in action_space
     assert {"role": "assistant", "content": "", "tool_calls": call} not in action_space
     assert {"role": "assistant", "content": 3} not in action_space
+    # OpenAI's shape for a tool-call-only message; None is not text anywhere else.
+    assert {"role": "assistant", "content": None, "tool_calls": [call]} in action_space
+    assert {"role": "assistant", "content": None} not in action_space
+    assert {"role": "user", "content": None, "tool_calls": [call]} not in ChatMessage()
     assert "x" * (action_space.max_length + 1) not in action_space
     assert "x" not in ChatMessage(roles=("assistant",))
     obs_space = ChatMessages(max_messages=2)
