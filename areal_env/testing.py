@@ -3,7 +3,9 @@
 * :class:`ScriptedEngine`: an InferenceEngine that replays fixed token outputs
   with fixed logprobs and a settable weight version;
 * :func:`char_tokenizer`: the offline character tokenizer with a chat template;
-* :func:`build_tiny_model`: the offline tiny Qwen2 model (re-exported).
+* :func:`build_tiny_model`: the offline tiny Qwen2 model (re-exported);
+* :class:`ParityEnv`: a single-turn env whose reward a random model earns about
+  half the time, so every GRPO group is mixed and every step has a gradient.
 
 Example:
     >>> import asyncio
@@ -18,10 +20,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from areal_env.envs.base import AsyncEnv
 from areal_env.models.tiny import build_tiny_model, build_tokenizer
 from areal_env.types import FinishReason, GenerationRequest, GenerationResult, WeightUpdate
 
-__all__ = ["ScriptedEngine", "build_tiny_model", "char_tokenizer"]
+__all__ = [
+    "PARITY_ENV_ID",
+    "ParityEnv",
+    "ScriptedEngine",
+    "build_tiny_model",
+    "char_tokenizer",
+    "register_test_envs",
+]
+
+PARITY_ENV_ID = "areal-test/Parity-v0"
+"""Gymnasium id of :class:`ParityEnv` (registered by :func:`register_test_envs`)."""
 
 
 def char_tokenizer():  # -> PreTrainedTokenizerFast
@@ -103,3 +116,35 @@ class ScriptedEngine:
     async def close(self) -> None:
         """Nothing to release."""
         self._resumed.set()
+
+
+class ParityEnv(AsyncEnv):
+    """Reward 1.0 when the reply's first character has an even code point.
+
+    A random-weight model earns it about half the time, so end-to-end training
+    tests see mixed groups (non-zero advantages) from the first step, without
+    any warm start. ``info["answer"]`` is a valid reply, for warm-start tests.
+
+    Example:
+        >>> env = ParityEnv()
+        >>> _ = env.reset(seed=0)
+        >>> env.step("b")[1], ParityEnv().reset(seed=0)[1]["answer"]
+        (1.0, 'b')
+    """
+
+    async def _areset(self, options: dict) -> tuple[list[dict], dict]:
+        n = int(self.np_random.integers(100))
+        return [{"role": "user", "content": f"{n}?"}], {"task_id": f"parity:{n}", "answer": "b"}
+
+    async def _astep(self, message: dict) -> tuple[list[dict], float, bool, bool, dict]:
+        text = message.get("content") or ""
+        reward = float(bool(text) and ord(text[0]) % 2 == 0)
+        return [], reward, True, False, {"correct": reward == 1.0}
+
+
+def register_test_envs() -> None:
+    """Register :class:`ParityEnv` as ``areal-test/Parity-v0`` (idempotent)."""
+    import gymnasium
+
+    if PARITY_ENV_ID not in gymnasium.registry:
+        gymnasium.register(id=PARITY_ENV_ID, entry_point="areal_env.testing:ParityEnv")

@@ -111,6 +111,8 @@ class GRPOConfig:
     """Metrics, plots, checkpoints and the final model go here."""
     recover: bool = False
     """Continue from the last checkpoint in output_dir (also: --resume)."""
+    torch_threads: int = 0
+    """Intra-op CPU threads for torch; 0 keeps torch's default (one per core)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)

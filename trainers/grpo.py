@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import functools
 import logging
 import sys
@@ -32,6 +33,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from areal_env.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -51,23 +53,29 @@ from areal_env.types import EpisodeBatch
 logger = logging.getLogger("areal_env.grpo")
 
 
-def make_loss_fn(cfg: AlgorithmConfig, max_len: int) -> functools.partial:
-    """The preset's clipped loss with the config's overrides applied."""
+def resolved_choices(cfg: AlgorithmConfig) -> dict[str, object]:
+    """The preset's loss choices with the config's non-None overrides applied."""
     preset = get_preset(cfg.preset)
-
-    def pick(name: str) -> object:
+    names = ("clip_low", "clip_high", "kl_coef", "kl_estimator")
+    out: dict[str, object] = {"aggregation": preset.aggregation}
+    for name in names:
         value = getattr(cfg, name)
-        return getattr(preset, name) if value is None else value
+        out[name] = getattr(preset, name) if value is None else value
+    return out
 
-    return functools.partial(
-        ppo_clip_loss,
-        clip_low=pick("clip_low"),
-        clip_high=pick("clip_high"),
-        aggregation=preset.aggregation,
-        kl_coef=pick("kl_coef"),
-        kl_estimator=pick("kl_estimator"),
-        max_len=max_len,
+
+def make_loss_fn(cfg: AlgorithmConfig, max_len: int) -> functools.partial:
+    """The clipped PPO loss with the resolved algorithm choices bound."""
+    return functools.partial(ppo_clip_loss, **resolved_choices(cfg), max_len=max_len)
+
+
+def make_scheduler(cfg: GRPOConfig, parts: Components, version: int) -> RolloutScheduler:
+    """The rollout scheduler, with the preset's group filter (DAPO's dynamic sampling)."""
+    preset = get_preset(cfg.algorithm.preset)
+    rollout = dataclasses.replace(
+        cfg.rollout, filter_all_equal=cfg.rollout.filter_all_equal or preset.filter_all_equal_groups
     )
+    return RolloutScheduler(rollout, parts.episode_fn, version=version)
 
 
 def trainable_rows(batch: EpisodeBatch) -> list[int]:
@@ -134,6 +142,8 @@ async def train(
 async def run(cfg: GRPOConfig) -> Path:
     """Build everything, warm-start or resume, train, save the final model."""
     seed_everything(cfg.seed)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.output_dir)
     parts = build_components(cfg)
     temperature = cfg.inference.sampling.temperature
@@ -153,7 +163,7 @@ async def run(cfg: GRPOConfig) -> Path:
         )
         logger.info("warm start: %s", result)
     ref_model = copy.deepcopy(parts.policy).eval().requires_grad_(False)
-    kl_coef = make_loss_fn(cfg.algorithm, 1).keywords["kl_coef"]
+    kl_coef = resolved_choices(cfg.algorithm)["kl_coef"]
     backend = TorchBackend(
         parts.policy,
         cfg.train,
@@ -162,10 +172,10 @@ async def run(cfg: GRPOConfig) -> Path:
         ref_model=ref_model if kl_coef else None,
     )
     start_step = 0
-    scheduler = RolloutScheduler(cfg.rollout, parts.episode_fn, version=0)
+    scheduler = make_scheduler(cfg, parts, version=0)
     if checkpoints:
         state = load_checkpoint(checkpoints[-1], backend)
-        scheduler = RolloutScheduler(cfg.rollout, parts.episode_fn, version=state.version)
+        scheduler = make_scheduler(cfg, parts, version=state.version)
         scheduler.load_state_dict(state.scheduler)
         start_step = state.step
         logger.info("resumed from %s (step %d)", checkpoints[-1], start_step)

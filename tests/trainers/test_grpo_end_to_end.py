@@ -60,6 +60,22 @@ def test_grpo_steps_change_weights_advance_version_and_write_outputs(tmp_path):
     assert (state["step"], state["version"]) == (3, 3)
 
 
+def test_grpo_steps_on_mixed_rewards_train_the_policy_and_sync_it(tmp_path):
+    from areal_env.testing import PARITY_ENV_ID, register_test_envs
+
+    register_test_envs()
+    out = tmp_path / "run"
+    argv = [*SMALL, "train.steps=2", f"env.id={PARITY_ENV_ID}", "warm_start.enabled=false",
+            f"output_dir={out}"]
+    assert grpo.main(argv) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert all(r["train/rows"] > 0 for r in rows), "every step must have trained rows"
+    assert all(0 < r["rollout/reward_mean"] < 1 for r in rows)
+    initial, final = _weights(out / "tiny_model"), _weights(out / "final_model")
+    changed = [k for k in initial if not torch.equal(initial[k], final[k])]
+    assert changed, "GRPO steps left every weight unchanged"
+
+
 def test_resume_after_interrupted_run_continues_from_saved_step(tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_push = grpo.push_weights
