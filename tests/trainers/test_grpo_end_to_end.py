@@ -44,9 +44,12 @@ def _weights(folder):
     return load_file(str(next(folder.glob("*.safetensors"))))
 
 
-def test_grpo_steps_change_weights_advance_version_and_write_outputs(tmp_path):
+def test_grpo_steps_change_weights_advance_version_and_write_outputs(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # CI disables wandb; this run uses offline
     out = tmp_path / "run"
-    assert grpo.main([*SMALL, "train.steps=3", f"output_dir={out}"]) == 0
+    argv = [*SMALL, "train.steps=3", "metrics.wandb_mode=offline", f"output_dir={out}"]
+    assert grpo.main(argv) == 0
+    assert list((out / "wandb").glob("offline-run-*")), "wandb offline run files missing"
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(REQUIRED_KEYS <= r.keys() for r in rows)

@@ -110,3 +110,24 @@ def gather_token_logprobs(
     logp = torch.log_softmax(logits[:, :-1].float() / t, dim=-1)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return torch.nn.functional.pad(picked, (1, 0), value=0.0)
+
+
+def masked_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
+    """Mean entropy of the sampling distribution at the generated positions.
+
+    Args:
+        logits: [B, L, V]; position t-1 predicts token t.
+        mask: [B, L] 1 on generated tokens.
+        temperature: the behaviour policy's temperature (0 = greedy, scored at 1).
+
+    Returns:
+        The token-mean entropy in nats (0.0 when nothing is masked). A falling
+        entropy is RL sharpening the policy; a rising one often means negative
+        advantages are spreading probability onto junk tokens.
+    """
+    with torch.no_grad():
+        t = temperature if temperature > 0 else 1.0
+        logp = torch.log_softmax(logits[:, :-1].float() / t, dim=-1)
+        ent = -(logp.exp() * logp).sum(-1)
+        m = mask[:, 1:].to(ent.device)
+        return float((ent * m).sum() / m.sum().clamp(min=1.0))

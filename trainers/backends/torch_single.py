@@ -14,7 +14,12 @@ from pathlib import Path
 
 import torch
 
-from areal_env.trainers.backends.base import LossFn, TrainConfig, gather_token_logprobs
+from areal_env.trainers.backends.base import (
+    LossFn,
+    TrainConfig,
+    gather_token_logprobs,
+    masked_entropy,
+)
 from areal_env.types import EpisodeBatch, PaddedBatch
 
 
@@ -118,6 +123,9 @@ class TorchBackend:
             )
             weight = len(part) / total
             (loss * weight).backward()
+            metrics["train/entropy"] = masked_entropy(
+                logits, padded.loss_mask[part], self.temperature
+            )
             for k, v in metrics.items():
                 stats[k] = stats.get(k, 0.0) + v * weight
         norm = self._clip_grad()
