@@ -30,13 +30,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from areal_env.inference.engine import InferenceEngine
 from areal_env.inference.tool_parsing import parse_tool_calls, tool_call_to_openai
-from areal_env.types import GenerationRequest, GenerationResult, SamplingParams, Trajectory
+from areal_env.types import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Trajectory,
+    new_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +215,7 @@ class EpisodeClient:
         self._history = [*messages, message.to_dict()]
         self.trajectory.messages = list(self._history)
         return ChatCompletion(
-            id=f"chatcmpl-{uuid.uuid4().hex[:16]}",
+            id=new_id("chatcmpl-", 16),
             model=shared.model_name,
             created=int(time.time()),
             choices=[Choice(index=0, message=message, finish_reason=_finish(result, calls))],

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass, field
 
-from areal_env.types import ToolCall
+from areal_env.types import ToolCall, new_id
 
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
@@ -72,7 +71,7 @@ def _parse_one(body: str) -> tuple[ToolCall | None, str]:
             return None, f"tool call arguments are not valid JSON: {args[:200]!r}"
     if not isinstance(args, dict):
         return None, f"tool call arguments must be an object: {body[:200]!r}"
-    call_id = f"call_{uuid.uuid4().hex[:12]}"
+    call_id = new_id("call_", 12)
     return ToolCall(id=call_id, name=obj["name"], arguments=json.dumps(args)), ""
 
 

@@ -29,11 +29,13 @@ Example:
 from __future__ import annotations
 
 import atexit
+import decimal
 import functools
 import json
 import logging
 import os
 import queue
+import re
 import select
 import subprocess
 import sys
@@ -63,6 +65,29 @@ CACHE_SIZE = 1 << 16
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
+# No leading "+": Math-Verify does not read "+12" as 12, and we must agree with it.
+_PLAIN_NUMBER = re.compile(r"-?(\d+(\.\d*)?|\.\d+)")
+
+
+def plain_number_verdict(response: str, gold: str) -> bool | None:
+    r"""Compare two bare decimal numbers exactly; None when either is anything else.
+
+    Math-Verify spends about a millisecond per uncached call, as much as
+    sampling a short answer on CPU. When response and gold are both nothing but
+    a decimal number (``"85"``, ``" -3.50 "``), the verdict needs no parsing:
+    equal values. Anything else (LaTeX, words, units, expressions) goes to
+    Math-Verify. A test checks both paths agree on such inputs.
+
+    Example:
+        >>> plain_number_verdict(" 85.0", "85"), plain_number_verdict("\\boxed{85}", "85")
+        (True, None)
+    """
+    r, g = response.strip(), gold.strip()
+    if not (_PLAIN_NUMBER.fullmatch(r) and _PLAIN_NUMBER.fullmatch(g)):
+        return None
+    return decimal.Decimal(r) == decimal.Decimal(g)
+
+
 def math_reward(response: str, gold: str) -> float:
     r"""Score a model response against a gold answer: 1.0 if equivalent, else 0.0.
 
@@ -87,6 +112,9 @@ def math_reward(response: str, gold: str) -> float:
     """
     if not isinstance(response, str) or not isinstance(gold, str):
         return 0.0
+    plain = plain_number_verdict(response, gold)
+    if plain is not None:
+        return float(plain)
     try:
         return _cached_reward(response, gold)
     except RewardError:

@@ -114,3 +114,31 @@ def test_a_verifier_that_cannot_start_raises_reward_error(
     with pytest.raises(RewardError):
         math_reward("a response never seen before: 31337", "31337")
     mv._get_pool().close()
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        ("85", "85"),
+        (" 85\n", "85"),
+        ("85.0", "85"),
+        ("84", "85"),
+        ("-3", "3"),
+        ("-3", "-3"),
+        ("007", "7"),
+        ("0.5", ".5"),
+        ("1.25", "1.2500"),
+        ("100", "1000"),
+    ],
+)
+def test_plain_number_fast_path_agrees_with_math_verify(response: str, gold: str) -> None:
+    fast = mv.plain_number_verdict(response, gold)
+    assert fast is not None
+    assert fast == mv.verify_answer(response, gold)
+
+
+@pytest.mark.parametrize(
+    "response", ["\\boxed{85}", "85 apples", "8+5", "1/2", "", "85%", "+85"]
+)
+def test_anything_but_a_bare_number_goes_to_math_verify(response: str) -> None:
+    assert mv.plain_number_verdict(response, "85") is None
