@@ -160,6 +160,7 @@ async def run(cfg: GRPOConfig) -> Path:
             episode_fn=parts.episode_fn,
             temperature=temperature,
             seed=cfg.seed,
+            progress=cfg.metrics.progress,
         )
         logger.info("warm start: %s", result)
     ref_model = copy.deepcopy(parts.policy).eval().requires_grad_(False)

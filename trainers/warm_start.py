@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from areal_env.rollout.episode import close_env
 from areal_env.trainers.algorithms.losses.nll import nll_loss
@@ -86,6 +87,7 @@ async def warm_start(
     episode_fn: Any,
     temperature: float,
     seed: int,
+    progress: bool = True,
 ) -> WarmStartResult:
     """Fine-tune ``model`` in place until sampled accuracy reaches the target."""
     sft = TorchBackend(
@@ -102,21 +104,27 @@ async def warm_start(
     pool = await demonstrations(env_factory, client, cfg.num_demos)
     rng = random.Random(seed)
     accuracy, step = 0.0, 0
-    while step < cfg.max_steps:
-        batch = EpisodeBatch(groups=[rng.sample(pool, min(cfg.batch_size, len(pool)))])
-        rows = list(range(len(batch)))
-        stats = await asyncio.to_thread(sft.train_step, batch, nll_loss, rows)
-        step += 1
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            await push_weights(sft, engine, None, version=engine.version)
-            accuracy = await sampled_accuracy(episode_fn, cfg.eval_episodes)
-            logger.info(
-                "warm start step %d: nll %.3f accuracy %.3f (T=%.1f)",
-                step,
-                stats["sft/nll"],
-                accuracy,
-                temperature,
-            )
-            if accuracy >= cfg.target_accuracy:
-                return WarmStartResult(steps=step, accuracy=accuracy, reached_target=True)
+    bar = tqdm(total=cfg.max_steps, desc="warm start", disable=not progress, dynamic_ncols=True)
+    try:
+        while step < cfg.max_steps:
+            batch = EpisodeBatch(groups=[rng.sample(pool, min(cfg.batch_size, len(pool)))])
+            rows = list(range(len(batch)))
+            stats = await asyncio.to_thread(sft.train_step, batch, nll_loss, rows)
+            step += 1
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                await push_weights(sft, engine, None, version=engine.version)
+                accuracy = await sampled_accuracy(episode_fn, cfg.eval_episodes)
+                bar.set_postfix(nll=f"{stats['sft/nll']:.3f}", accuracy=f"{accuracy:.3f}")
+                logger.info(
+                    "warm start step %d: nll %.3f sampled accuracy %.3f (T=%.1f)",
+                    step,
+                    stats["sft/nll"],
+                    accuracy,
+                    temperature,
+                )
+                if accuracy >= cfg.target_accuracy:
+                    return WarmStartResult(steps=step, accuracy=accuracy, reached_target=True)
+    finally:
+        bar.close()
     return WarmStartResult(steps=step, accuracy=accuracy, reached_target=False)
