@@ -36,7 +36,12 @@ import torch
 
 from areal_env.inference.kv_cache import KVBatch
 from areal_env.inference.sampling import sample_next_tokens
-from areal_env.types import FinishReason, GenerationRequest, GenerationResult, WeightUpdate
+from areal_env.types import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    WeightUpdate,
+)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -107,8 +112,15 @@ class LocalEngine:
     """InferenceEngine around an already-loaded Hugging Face causal LM, in this process.
 
     Example:
-        >>> engine = LocalEngine(model, tokenizer)  # doctest: +SKIP
-        >>> result = await engine.agenerate(GenerationRequest(input_ids=(5, 6)))  # doctest: +SKIP
+        >>> import asyncio, tempfile
+        >>> from areal_env.types import SamplingParams
+        >>> from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
+        >>> model, tok = load_model_and_tokenizer(build_tiny_model(tempfile.mkdtemp()))
+        >>> engine = LocalEngine(model, tok)
+        >>> request = GenerationRequest(input_ids=(5, 6), sampling=SamplingParams(max_new_tokens=3))
+        >>> result = asyncio.run(engine.agenerate(request))
+        >>> len(result.output_ids), result.output_versions, result.finish_reason
+        (3, [0, 0, 0], 'length')
     """
 
     def __init__(

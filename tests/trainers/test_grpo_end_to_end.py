@@ -68,8 +68,13 @@ def test_grpo_steps_on_mixed_rewards_train_the_policy_and_sync_it(tmp_path):
 
     register_test_envs()
     out = tmp_path / "run"
-    argv = [*SMALL, "train.steps=2", f"env.id={PARITY_ENV_ID}", "warm_start.enabled=false",
-            f"output_dir={out}"]
+    argv = [
+        *SMALL,
+        "train.steps=2",
+        f"env.id={PARITY_ENV_ID}",
+        "warm_start.enabled=false",
+        f"output_dir={out}",
+    ]
     assert grpo.main(argv) == 0
     rows = read_metrics(out / "metrics.jsonl")
     assert all(r["train/rows"] > 0 for r in rows), "every step must have trained rows"
