@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 
 def right_aligned_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -39,6 +40,28 @@ def right_aligned_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(keys, values) for keys, values, *_ in cache]
+
+
+def _cache_kwarg() -> str:
+    """Name of the forward argument (and output field) that holds the KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` and warns on the
+    old name; older releases only know the old one. Decided from the library's
+    output class, so wrapped models (``forward(**kwargs)``) get the same answer.
+    """
+    fields = getattr(CausalLMOutputWithPast, "__dataclass_fields__", {})
+    return "cache" if "cache" in fields else "past_key_values"
+
+
+CACHE_KWARG = _cache_kwarg()
+
+
+def _forward_with_cache(
+    model: torch.nn.Module, cache: DynamicCache, **kwargs: object
+) -> tuple[DynamicCache, torch.Tensor]:
+    """One cached forward pass; returns the updated cache and the logits."""
+    out = model(**kwargs, **{CACHE_KWARG: cache}, use_cache=True)
+    return out[CACHE_KWARG], out.logits
 
 
 def _rebuild(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
@@ -88,15 +111,15 @@ class KVBatch:
             ids[row, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
         mask = right_aligned_mask(lengths, width)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(
+        cache, logits = _forward_with_cache(
+            model,
+            DynamicCache(),
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=DynamicCache(),
-            use_cache=True,
             logits_to_keep=1,
         )
-        return cls(out.past_key_values, lengths), out.logits[:, -1, :]
+        return cls(cache, lengths), logits[:, -1, :]
 
     def decode(self, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one new token per row and return the logits that follow it.
@@ -109,16 +132,15 @@ class KVBatch:
             ``[B, V]`` next-token logits.
         """
         mask = right_aligned_mask(self.lengths + 1, self.width + 1)
-        out = model(
+        self.cache, logits = _forward_with_cache(
+            model,
+            self.cache,
             input_ids=tokens.unsqueeze(-1),
             attention_mask=mask,
             position_ids=self.lengths.unsqueeze(-1),
-            past_key_values=self.cache,
-            use_cache=True,
         )
-        self.cache = out.past_key_values
         self.lengths = self.lengths + 1
-        return out.logits[:, -1, :]
+        return logits[:, -1, :]
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows ``keep`` (``[K]`` long indices) and drop unneeded padding."""
