@@ -88,6 +88,22 @@ def plain_number_verdict(response: str, gold: str) -> bool | None:
     return decimal.Decimal(r) == decimal.Decimal(g)
 
 
+def instant_math_reward(response: str, gold: str) -> float | None:
+    """The reward when it needs no verifier call (both sides bare numbers), else None.
+
+    Cheap enough for the event loop: async callers try this first and only
+    hand the misses to a thread running :func:`math_reward`.
+
+    Example:
+        >>> instant_math_reward("85", "85"), instant_math_reward("x = 85", "85")
+        (1.0, None)
+    """
+    if not isinstance(response, str) or not isinstance(gold, str):
+        return 0.0
+    plain = plain_number_verdict(response, gold)
+    return None if plain is None else float(plain)
+
+
 def math_reward(response: str, gold: str) -> float:
     r"""Score a model response against a gold answer: 1.0 if equivalent, else 0.0.
 
@@ -110,11 +126,9 @@ def math_reward(response: str, gold: str) -> float:
         >>> math_reward("85.0", "85"), math_reward("garbage ]]{", "85")
         (1.0, 0.0)
     """
-    if not isinstance(response, str) or not isinstance(gold, str):
-        return 0.0
-    plain = plain_number_verdict(response, gold)
-    if plain is not None:
-        return float(plain)
+    instant = instant_math_reward(response, gold)
+    if instant is not None:
+        return instant
     try:
         return _cached_reward(response, gold)
     except RewardError:

@@ -27,7 +27,7 @@ from areal_env.data.jsonl import MathTask
 from areal_env.data.synthetic import validate_arithmetic_params
 from areal_env.envs.base import AsyncEnv, Message, StepResult
 from areal_env.envs.math.data import SYNTHETIC, build_task_source
-from areal_env.envs.math.reward import score_response
+from areal_env.envs.math.reward import instant_score, score_response
 from areal_env.envs.spaces import ChatMessages
 
 RESET_OPTIONS = ("task_index",)
@@ -96,8 +96,10 @@ class MathEnv(AsyncEnv):
     async def _astep(self, message: Message) -> StepResult:
         assert self._task is not None, "AsyncEnv.astep guarantees a reset came first"
         gold = self._task.answer
-        # Off the event loop: a reward miss can take milliseconds, a bad one seconds.
-        reward = await asyncio.to_thread(score_response, message["content"], gold)
+        reward = instant_score(message["content"], gold)
+        if reward is None:
+            # Off the event loop: a verifier call can take milliseconds, a bad one seconds.
+            reward = await asyncio.to_thread(score_response, message["content"], gold)
         return [], reward, True, False, {"correct": reward == 1.0, "answer": gold}
 
     def _task_index(self, options: dict[str, Any]) -> int:

@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from areal_env.rewards.math_verify import math_reward
+from areal_env.rewards.math_verify import instant_math_reward, math_reward
 
 
 def strip_thinking(text: str) -> str:
@@ -37,4 +37,9 @@ def score_response(text: str, gold: str) -> float:
     return math_reward(strip_thinking(text), gold)
 
 
-__all__ = ["score_response", "strip_thinking"]
+def instant_score(text: str, gold: str) -> float | None:
+    """:func:`score_response` when it needs no verifier call, else None (never blocks)."""
+    return instant_math_reward(strip_thinking(text), gold)
+
+
+__all__ = ["instant_score", "score_response", "strip_thinking"]

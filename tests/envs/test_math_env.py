@@ -43,6 +43,26 @@ async def test_async_api_wrong_answer() -> None:
     assert step_info["correct"] is False
 
 
+async def test_bare_number_answers_skip_the_verifier_thread(monkeypatch) -> None:
+    import areal_env.envs.math.env as env_module
+
+    calls = []
+
+    async def counting_to_thread(fn, *args):
+        calls.append(args)
+        return fn(*args)
+
+    monkeypatch.setattr(env_module.asyncio, "to_thread", counting_to_thread)
+    env = MathEnv()
+    _, info = await env.areset(seed=3)
+    assert (await env.astep(f" {info['answer']}\n"))[1] == 1.0
+    assert calls == []
+    await env.areset(seed=3)
+    assert (await env.astep(f"The answer is {info['answer']}."))[1] == 1.0
+    assert len(calls) == 1
+    await env.aclose()
+
+
 def test_sync_api_through_gym_make() -> None:
     env = gym.make("areal/Math-v0", max_operand=9, ops=["*"], data_seed=5)
     obs, info = env.reset(seed=2)
