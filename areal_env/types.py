@@ -285,21 +285,20 @@ class EpisodeBatch:
         keep = list(range(len(trajs))) if rows is None else list(rows)
         if not keep:
             raise ValueError("EpisodeBatch.padded: no rows selected")
-        length = max(len(trajs[i]) for i in keep)
+        chosen = [trajs[i] for i in keep]
+        length = max(len(t) for t in chosen)
+
+        def stack(name: str, pad: float, dtype: torch.dtype) -> torch.Tensor:
+            # One tensor() call over padded lists: per-row tensors cost more than the model.
+            rows = [[*getattr(t, name), *[pad] * (length - len(t))] for t in chosen]
+            return torch.tensor(rows, dtype=dtype)
+
+        ids = stack("input_ids", pad_id, torch.long)
+        attn = torch.tensor([[1] * len(t) + [0] * (length - len(t)) for t in chosen])
+        mask = stack("loss_mask", 0.0, torch.float32)
+        lps = stack("logprobs", 0.0, torch.float32)
+        vers = stack("versions", PROMPT_VERSION, torch.long)
         b = len(keep)
-        ids = torch.full((b, length), pad_id, dtype=torch.long)
-        attn = torch.zeros((b, length), dtype=torch.long)
-        mask = torch.zeros((b, length), dtype=torch.float32)
-        lps = torch.zeros((b, length), dtype=torch.float32)
-        vers = torch.full((b, length), PROMPT_VERSION, dtype=torch.long)
-        for row, i in enumerate(keep):
-            t = trajs[i]
-            n = len(t)
-            ids[row, :n] = torch.tensor(t.input_ids, dtype=torch.long)
-            attn[row, :n] = 1
-            mask[row, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
-            lps[row, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
-            vers[row, :n] = torch.tensor(t.versions, dtype=torch.long)
         return PaddedBatch(
             input_ids=ids,
             attention_mask=attn,
