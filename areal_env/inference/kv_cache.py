@@ -103,6 +103,16 @@ class KVBatch:
         Returns:
             The new batch and ``[B, V]`` logits of each prompt's next token.
         """
+        distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+        if len(distinct) < len(prompts):
+            # The n samples of a group arrive with one prompt: run it once and
+            # give each copy its own row of the cache (prefix sharing).
+            batch, logits = cls.prefill(model, distinct, pad_id)
+            where = {p: i for i, p in enumerate(distinct)}
+            rows = [where[tuple(p)] for p in prompts]
+            index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+            batch.select(index)
+            return batch, logits[index]
         device = next(model.parameters()).device
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
         width = int(lengths.max())

@@ -136,6 +136,39 @@ def test_kv_batch_merge_and_select_match_solo_forward(model_tok):
         torch.testing.assert_close(logits[0], solo_next_logits(b + [10]), atol=1e-4, rtol=0)
 
 
+def test_kv_batch_prefills_a_repeated_prompt_once(model_tok):
+    model, tok = model_tok
+    a, b = list(ids_of(tok, "a longer first prompt")), list(ids_of(tok, "hi"))
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            shared, logits = KVBatch.prefill(model, [a, b, a, a], pad_id=0)
+            plain, plain_logits = KVBatch.prefill(model, [a, b], pad_id=0)
+    finally:
+        hook.remove()
+    assert seen == [2, 2]  # two distinct prompts, one forward row each
+    assert shared.lengths.tolist() == [len(a), len(b), len(a), len(a)]
+    torch.testing.assert_close(logits[[0, 1]], plain_logits)
+    torch.testing.assert_close(logits[2], logits[0])
+    with torch.inference_mode():
+        after = shared.decode(model, torch.tensor([5, 6, 7, 8]))
+        expect = plain.decode(model, torch.tensor([5, 6]))
+    torch.testing.assert_close(after[[0, 1]], expect, atol=1e-5, rtol=0)
+    assert not torch.allclose(after[2], after[3])  # each copy decodes its own token
+
+
+async def test_repeated_prompts_sample_independently(engine, model_tok):
+    _, tok = model_tok
+    sampling = SamplingParams(max_new_tokens=8, temperature=1.0)
+    results = await run_all(engine, [req(tok, PROMPTS[0], sampling) for _ in range(8)])
+    assert len({tuple(r.output_ids) for r in results}) > 1
+    greedy = await run_all(engine, [req(tok, PROMPTS[1]) for _ in range(3)])
+    assert len({tuple(r.output_ids) for r in greedy}) == 1
+
+
 async def test_stop_token_is_kept_and_finishes_with_stop(engine, model_tok):
     _, tok = model_tok
     free = await engine.agenerate(req(tok, PROMPTS[0]))
