@@ -56,7 +56,7 @@ def _cache_kwarg() -> str:
 CACHE_KWARG = _cache_kwarg()
 
 
-def _forward_with_cache(
+def forward_with_cache(
     model: torch.nn.Module, cache: DynamicCache, **kwargs: object
 ) -> tuple[DynamicCache, torch.Tensor]:
     """One cached forward pass; returns the updated cache and the logits."""
@@ -121,7 +121,7 @@ class KVBatch:
             ids[row, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
         mask = right_aligned_mask(lengths, width)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache, logits = _forward_with_cache(
+        cache, logits = forward_with_cache(
             model,
             DynamicCache(),
             input_ids=ids,
@@ -142,7 +142,7 @@ class KVBatch:
             ``[B, V]`` next-token logits.
         """
         mask = right_aligned_mask(self.lengths + 1, self.width + 1)
-        self.cache, logits = _forward_with_cache(
+        self.cache, logits = forward_with_cache(
             model,
             self.cache,
             input_ids=tokens.unsqueeze(-1),

@@ -39,6 +39,9 @@ class TrainConfig:
     """Optimizer steps per batch: the trained rows are split into this many minibatches."""
     micro_batch_size: int = 256
     """Rows per forward/backward pass; gradients accumulate across micro-batches."""
+    share_prompt_prefix: bool = True
+    """Run a group's common prompt once per forward and reuse its KV cache for every
+    sample (same logits and gradients as the plain forward, fewer FLOPs)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -20,6 +20,7 @@ from areal_env.trainers.backends.base import (
     gather_token_logprobs,
     masked_entropy,
 )
+from areal_env.trainers.backends.prefix_sharing import forward_logits
 from areal_env.types import EpisodeBatch, PaddedBatch
 
 
@@ -65,17 +66,45 @@ class TorchBackend:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         model: torch.nn.Module | None = None,
+        *,
+        loss_mask: torch.Tensor | None = None,
+        group_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B, L] logprobs of each token under ``model`` (default: the policy), no grad."""
+        """[B, L] logprobs of each token under ``model`` (default: the policy), no grad.
+
+        With ``loss_mask`` and ``group_index`` (and ``share_prompt_prefix``), rows
+        of a group share their prompt's forward, and only the positions the loss
+        mask marks are guaranteed exact (the others are not computed).
+        """
         model = model or self.model
         out = torch.zeros(input_ids.shape, dtype=torch.float32)
         with torch.no_grad():
             for sl in self._micro_slices(input_ids.shape[0]):
                 ids = input_ids[sl].to(self.device)
-                attn = attention_mask[sl].to(self.device)
-                logits = model(input_ids=ids, attention_mask=attn).logits
+                logits = self._logits(
+                    model,
+                    ids,
+                    attention_mask[sl],
+                    None if loss_mask is None else loss_mask[sl],
+                    None if group_index is None else group_index[sl],
+                )
                 out[sl] = gather_token_logprobs(logits, ids, self.temperature).cpu()
         return out
+
+    def _logits(
+        self,
+        model: torch.nn.Module,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        loss_mask: torch.Tensor | None,
+        group_index: torch.Tensor | None,
+    ) -> torch.Tensor:
+        attn = attention_mask.to(self.device)
+        if not self.config.share_prompt_prefix or loss_mask is None or group_index is None:
+            return model(input_ids=ids, attention_mask=attn).logits
+        return forward_logits(
+            model, ids, attn, loss_mask.to(self.device), group_index, pad_id=self.pad_id
+        )
 
     def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
         """One update over ``rows`` (indices into ``batch.trajectories``).
@@ -88,7 +117,13 @@ class TorchBackend:
         padded = batch.padded(self.pad_id, rows=rows)
         ref = None
         if self.ref_model is not None:
-            ref = self.token_logprobs(padded.input_ids, padded.attention_mask, self.ref_model)
+            ref = self.token_logprobs(
+                padded.input_ids,
+                padded.attention_mask,
+                self.ref_model,
+                loss_mask=padded.loss_mask,
+                group_index=padded.group_index,
+            )
         n_mini = min(self.config.ppo_minibatches, len(rows))
         stats: dict[str, float] = {}
         self.model.train()
@@ -110,8 +145,13 @@ class TorchBackend:
         for sl in self._micro_slices(total):
             part = idx[sl]
             ids = padded.input_ids[part].to(self.device)
-            attn = padded.attention_mask[part].to(self.device)
-            logits = self.model(input_ids=ids, attention_mask=attn).logits
+            logits = self._logits(
+                self.model,
+                ids,
+                padded.attention_mask[part],
+                padded.loss_mask[part],
+                padded.group_index[part],
+            )
             logp = gather_token_logprobs(logits, ids, self.temperature)
             # Position t scores token t; the mask marks generated tokens.
             loss, metrics = loss_fn(
