@@ -40,17 +40,23 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def config_rows(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, doc) for every leaf of a dataclass config tree."""
+def config_rows(
+    schema: type, prefix: str = "", defaults: Any = None
+) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, doc) for every leaf of a dataclass config tree.
+
+    Defaults come from one instance of the root, so a parent's override of a
+    child's default (``TrainConfig(steps=1000)`` inside ``GRPOConfig``) shows.
+    """
     rows = []
     hints = get_type_hints(schema)
     docs = attribute_docs(schema)
-    default_obj = schema()
+    default_obj = schema() if defaults is None else defaults
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         value = getattr(default_obj, f.name)
         if dataclasses.is_dataclass(value):
-            rows.extend(config_rows(type(value), prefix=f"{key}."))
+            rows.extend(config_rows(type(value), prefix=f"{key}.", defaults=value))
             continue
         rows.append((key, _type_name(hints[f.name]), repr(value), docs.get(f.name, "")))
     return rows

@@ -27,3 +27,12 @@ def test_config_reference_is_up_to_date():
 def test_every_config_key_is_documented():
     undocumented = [key for key, _, _, doc in config_rows(GRPOConfig) if not doc]
     assert not undocumented, undocumented
+
+
+def test_reference_shows_the_defaults_the_trainer_runs_with():
+    rows = {key: default for key, _, default, _ in config_rows(GRPOConfig)}
+    cfg = GRPOConfig()
+    assert rows["train.steps"] == repr(cfg.train.steps)
+    assert rows["train.lr"] == repr(cfg.train.lr)
+    assert rows["inference.sampling.max_new_tokens"] == repr(cfg.inference.sampling.max_new_tokens)
+    assert rows["algorithm.kl_coef"] == repr(cfg.algorithm.kl_coef)
