@@ -93,8 +93,9 @@ class WarmStartConfig:
     """Give up growing accuracy after this many steps."""
     target_accuracy: float = 0.2
     """Stop once sampled accuracy (at the rollout temperature) reaches this."""
-    eval_every: int = 25
-    """Steps between accuracy checks."""
+    eval_every: int = 10
+    """Steps between accuracy checks; frequent checks stop close to the target (at 25,
+    one seed overshot to 0.24 and its RL gain fell below 0.2)."""
     eval_episodes: int = 128
     """Episodes per accuracy check."""
     num_demos: int = 4096
