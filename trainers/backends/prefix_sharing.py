@@ -25,16 +25,16 @@ MIN_SHARED_FRACTION = 0.25
 
 
 def _shared_prefix_lengths(
-    input_ids: torch.Tensor, lengths: torch.Tensor, loss_mask: torch.Tensor, groups: torch.Tensor
+    input_ids: torch.Tensor, lengths: torch.Tensor, loss_mask: torch.Tensor, slots: torch.Tensor
 ) -> tuple[list[int], list[int]]:
-    """Per distinct group: (a representative row, its shared prefix length)."""
+    """Per group slot (0..G-1): (a representative row, its shared prefix length)."""
     first_gen = torch.where(
         loss_mask.bool().any(-1), loss_mask.float().argmax(-1), lengths
     ).tolist()
     reps: list[int] = []
     prefix: list[int] = []
-    for g in groups.unique(sorted=True).tolist():
-        members = (groups == g).nonzero().flatten().tolist()
+    for slot in range(int(slots.max()) + 1):
+        members = (slots == slot).nonzero().flatten().tolist()
         rep = members[0]
         k = min(first_gen[i] for i in members) - 1
         for i in members[1:]:
@@ -74,22 +74,19 @@ def forward_logits(
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
     device = input_ids.device
     lengths = attention_mask.sum(-1)
-    groups = group_index.to(device)
-    reps, prefix = _shared_prefix_lengths(input_ids, lengths, loss_mask.to(device), groups)
+    _, slots, counts = group_index.to(device).unique(return_inverse=True, return_counts=True)
+    reps, prefix = _shared_prefix_lengths(input_ids, lengths, loss_mask.to(device), slots)
     n_rows = input_ids.shape[0]
-    counts = groups.unique(sorted=True, return_counts=True)[1].tolist()
-    saved = sum(k * (n - 1) for k, n in zip(prefix, counts, strict=True))  # each runs once
+    saved = sum(k * (n - 1) for k, n in zip(prefix, counts.tolist(), strict=True))  # runs once
     if min(prefix) < 1 or saved < MIN_SHARED_FRACTION * int(lengths.sum()):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    slot = {int(g): s for s, g in enumerate(groups.unique(sorted=True).tolist())}
-    row_slot = [slot[int(g)] for g in groups.tolist()]
     kv, _ = KVBatch.prefill(
         model, [input_ids[r, : prefix[s]].tolist() for s, r in enumerate(reps)], pad_id
     )
-    kv.select(torch.tensor(row_slot, dtype=torch.long, device=device))
+    kv.select(slots)
 
-    starts = torch.tensor([prefix[s] for s in row_slot], dtype=torch.long, device=device)
+    starts = torch.tensor(prefix, dtype=torch.long, device=device)[slots]
     suffix_len = lengths - starts
     width = int(suffix_len.max())
     cols = torch.arange(width, device=device)

@@ -100,11 +100,10 @@ class TorchBackend:
         group_index: torch.Tensor | None,
     ) -> torch.Tensor:
         attn = attention_mask.to(self.device)
-        if not self.config.share_prompt_prefix or loss_mask is None or group_index is None:
+        if not self.config.share_prompt_prefix:
             return model(input_ids=ids, attention_mask=attn).logits
-        return forward_logits(
-            model, ids, attn, loss_mask.to(self.device), group_index, pad_id=self.pad_id
-        )
+        # Without loss_mask/group_index this is the plain forward too.
+        return forward_logits(model, ids, attn, loss_mask, group_index, pad_id=self.pad_id)
 
     def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
         """One update over ``rows`` (indices into ``batch.trajectories``).
