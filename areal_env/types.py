@@ -7,17 +7,25 @@ Every arrow of the data flow in DESIGN.md is one class here::
     agent -> Trajectory -> RolloutScheduler -> EpisodeBatch -> trainer
     trainer -> WeightUpdate -> InferenceEngine
 
-Per-token lists are aligned with ``Trajectory.input_ids``: position ``t`` of
-``loss_mask``, ``logprobs`` and ``versions`` describes token ``t``.
+An episode (``Trajectory``) holds one or more ``Sample``s: token sequences that
+each become one training row. Per-token lists are aligned with
+``Sample.input_ids``: position ``t`` of ``loss_mask``, ``logprobs`` and
+``versions`` describes token ``t``.
 
 Example:
-    A two-turn episode: prompt ``[p0 p1]``, first reply ``[a0 a1]`` sampled at
-    weight version 3, a tool result ``[o0]``, second reply ``[b0]`` at version 4::
+    A two-turn episode in one sample: prompt ``[p0 p1]``, first reply ``[a0 a1]``
+    sampled at weight version 3, a tool result ``[o0]``, second reply ``[b0]`` at
+    version 4::
 
         input_ids = [p0, p1, a0,   a1,   o0, b0  ]
         loss_mask = [0,  0,  1,    1,    0,  1   ]
         logprobs  = [0., 0., -0.1, -0.7, 0., -0.2]
         versions  = [-1, -1, 3,    3,    -1, 4   ]
+
+    Had the chat template been unable to extend ``[p0 p1 a0 a1]`` with the tool
+    result, the second turn would be a second sample of the same episode,
+    ``[p0' p1' o0' b0]``, re-rendered as a prompt (``loss_mask`` 0) with only
+    ``b0`` trained: sampled ids are never re-tokenized.
 """
 
 from __future__ import annotations
@@ -163,34 +171,36 @@ class ToolCall:
 
 
 @dataclass(kw_only=True, slots=True)
-class Trajectory:
-    """One finished episode, flattened into a single token sequence.
+class Sample:
+    """One token sequence of an episode as the model saw and sampled it: one training row.
 
     The chat client appends prompt tokens (``loss_mask=0``) and sampled tokens
-    (``loss_mask=1``) as the episode runs; the agent sets the reward at the end.
-    See the module docstring for a two-turn example.
+    (``loss_mask=1``) as the episode runs. Every generation of one sample was drawn
+    with the same ``sampling`` parameters, so the trainer can score the whole row at
+    one temperature; a call with other parameters starts a new sample.
+
+    Example:
+        >>> s = Sample()
+        >>> s.append_prompt([7, 8])
+        >>> s.append_generation(GenerationResult(request_id="r", input_ids=(7, 8),
+        ...     output_ids=[5], output_logprobs=[-0.3], output_versions=[2],
+        ...     finish_reason="stop"), SamplingParams(temperature=0.7))
+        >>> s.loss_mask, s.versions, s.temperature
+        ([0, 0, 1], [-1, -1, 2], 0.7)
     """
 
     input_ids: list[int] = field(default_factory=list)
-    """[L] Token ids of the whole episode."""
+    """[L] Token ids of the sequence."""
     loss_mask: list[int] = field(default_factory=list)
     """[L] 1 on generated tokens to train, 0 elsewhere."""
     logprobs: list[float] = field(default_factory=list)
     """[L] Behaviour log-probabilities of generated tokens; 0.0 elsewhere."""
     versions: list[int] = field(default_factory=list)
     """[L] Weight version per generated token; PROMPT_VERSION elsewhere."""
-    reward: float = 0.0
-    """Scalar episode reward."""
-    task_id: str = ""
-    """Identifies the task; episodes of one group share it."""
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    """The chat history as the agent saw it (OpenAI message dicts), for logs."""
+    sampling: SamplingParams | None = None
+    """Parameters every generation of this sample was drawn with; None before the first."""
     num_turns: int = 0
-    """Number of model completions in the episode."""
-    truncated: bool = False
-    """True when the episode was cut (turn limit, token budget)."""
-    info: dict[str, Any] = field(default_factory=dict)
-    """Free-form per-episode facts from env and agent (e.g. accuracy)."""
+    """Number of model completions recorded in this sample."""
 
     def append_prompt(self, ids: list[int] | tuple[int, ...]) -> None:
         """Append tokens the model reads but does not generate."""
@@ -199,8 +209,23 @@ class Trajectory:
         self.logprobs.extend([0.0] * len(ids))
         self.versions.extend([PROMPT_VERSION] * len(ids))
 
-    def append_generation(self, result: GenerationResult) -> None:
-        """Append one completion's sampled tokens with their logprobs and versions."""
+    def accepts(self, sampling: SamplingParams) -> bool:
+        """True when a generation drawn with ``sampling`` may join this sample."""
+        return self.sampling is None or _scoring_key(self.sampling) == _scoring_key(sampling)
+
+    def append_generation(self, result: GenerationResult, sampling: SamplingParams) -> None:
+        """Append one completion's sampled tokens with their logprobs and versions.
+
+        Raises:
+            ValueError: when ``sampling`` differs from the sample's in temperature,
+                top-p or top-k (start a new sample for it instead).
+        """
+        if not self.accepts(sampling):
+            raise ValueError(
+                f"a generation sampled with {_scoring_key(sampling)} (temperature, top_p, "
+                f"top_k) cannot join a sample drawn with {_scoring_key(self.sampling)}"
+            )
+        self.sampling = self.sampling or sampling
         self.input_ids.extend(result.output_ids)
         self.loss_mask.extend([1] * len(result.output_ids))
         self.logprobs.extend(result.output_logprobs)
@@ -209,6 +234,12 @@ class Trajectory:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def temperature(self) -> float:
+        """Temperature the trainer scores this sample at (1.0 for greedy or no generation)."""
+        t = 1.0 if self.sampling is None else self.sampling.temperature
+        return t if t > 0 else 1.0
 
     @property
     def num_generated(self) -> int:
@@ -222,26 +253,108 @@ class Trajectory:
         return min(gen) if gen else PROMPT_VERSION
 
 
+def _scoring_key(sampling: SamplingParams | None) -> tuple[float, float, int] | None:
+    if sampling is None:
+        return None
+    return (sampling.temperature, sampling.top_p, sampling.top_k)
+
+
+@dataclass(kw_only=True, slots=True)
+class Trajectory:
+    """One finished episode: its samples, its reward and what happened in it.
+
+    Most episodes are one sample: a multi-turn chat whose every turn extends the
+    same token sequence. An episode holds several when one sequence cannot
+    carry it faithfully: the chat template cannot extend the sampled prefix (one
+    sample per turn then), a call changes the sampling parameters, or an agent
+    makes independent calls (sub-agents, handoffs, a wrapped framework's
+    parallel completions). Every sample is a training row that shares the
+    episode's reward and advantage.
+
+    Example:
+        >>> t = Trajectory(samples=[Sample(input_ids=[1, 2], loss_mask=[0, 1],
+        ...     logprobs=[0.0, -0.5], versions=[-1, 3])], reward=1.0)
+        >>> t.num_generated, t.oldest_version, len(t)
+        (1, 3, 2)
+    """
+
+    samples: list[Sample] = field(default_factory=list)
+    """The episode's token sequences, in the order they were started."""
+    reward: float = 0.0
+    """Scalar episode reward."""
+    task_id: str = ""
+    """Identifies the task; episodes of one group share it."""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The chat history as the agent saw it (OpenAI message dicts), for logs."""
+    truncated: bool = False
+    """True when the episode was cut (turn limit, token budget)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Free-form per-episode facts from env and agent (e.g. accuracy)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Per-episode counters the rollout layer averages into ``rollout/*`` metrics
+    (e.g. ``drift_events``, ``tool_call_parse_errors``)."""
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.samples)
+
+    @property
+    def num_turns(self) -> int:
+        """Model completions in the episode, over all samples."""
+        return sum(s.num_turns for s in self.samples)
+
+    @property
+    def num_generated(self) -> int:
+        """Number of trained (generated) tokens, over all samples."""
+        return sum(s.num_generated for s in self.samples)
+
+    @property
+    def oldest_version(self) -> int:
+        """Lowest weight version among generated tokens (PROMPT_VERSION if none)."""
+        versions = [v for s in self.samples if (v := s.oldest_version) != PROMPT_VERSION]
+        return min(versions) if versions else PROMPT_VERSION
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class RowRef:
+    """Where a training row comes from: its group, its episode and its sample."""
+
+    group: int
+    """Index into ``EpisodeBatch.groups``."""
+    episode: int
+    """Index into ``EpisodeBatch.trajectories`` (episodes numbered across groups)."""
+    sample: int
+    """Index into that trajectory's ``samples``."""
+
+
 @dataclass(kw_only=True, slots=True)
 class PaddedBatch:
-    """Right-padded tensors built from an EpisodeBatch, ready for a forward pass."""
+    """Right-padded tensors built from an EpisodeBatch, ready for a forward pass.
+
+    One row per sample. Shifted use of the per-token fields: ``mask[:, t]`` says
+    whether token ``t`` is trained, and it is scored by ``logits[:, t - 1]``.
+    """
 
     input_ids: torch.Tensor
     """[B, L] long; padding is pad_id."""
     attention_mask: torch.Tensor
     """[B, L] long; 1 on real tokens."""
     loss_mask: torch.Tensor
-    """[B, L] float; 1 on generated tokens. Shifted use: mask[:, 1:] scores logits[:, :-1]."""
+    """[B, L] float; 1 on generated tokens."""
     logprobs: torch.Tensor
     """[B, L] float; behaviour logprobs aligned with input_ids."""
     versions: torch.Tensor
     """[B, L] long; weight version per token."""
     rewards: torch.Tensor
-    """[B] float; episode rewards."""
+    """[B] float; the reward of each row's episode."""
     advantages: torch.Tensor
-    """[B] float; per-episode advantages (zeros until computed)."""
+    """[B, L] float; token-level advantages (an episode's advantage on every token of its
+    rows, unless token-level ones were set); zeros until computed."""
+    temperatures: torch.Tensor
+    """[B] float; the temperature each row was sampled at (and must be scored at)."""
     group_index: torch.Tensor
     """[B] long; which group each row belongs to."""
+    episode_index: torch.Tensor
+    """[B] long; which episode (index into ``EpisodeBatch.trajectories``) each row is from."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -249,7 +362,8 @@ class EpisodeBatch:
     """Groups of finished episodes handed from the rollout scheduler to the trainer.
 
     ``groups[g]`` holds the ``n_samples`` episodes of one task, so group-relative
-    advantages can be computed without any other bookkeeping.
+    advantages need no other bookkeeping. Training rows are the episodes'
+    samples, numbered group by group, episode by episode (``row_refs``).
     """
 
     groups: list[list[Trajectory]]
@@ -258,6 +372,9 @@ class EpisodeBatch:
     """Rollout statistics for logging (reward mean, staleness, dropped counts...)."""
     advantages: list[list[float]] | None = None
     """[G][N] Per-episode advantages once computed by the algorithm; None before."""
+    token_advantages: list[list[float]] | None = None
+    """[R][L_r] Per-token advantages of each row (a critic's GAE, turn-level credit);
+    when set they replace the per-episode ones."""
 
     @property
     def trajectories(self) -> list[Trajectory]:
@@ -269,48 +386,71 @@ class EpisodeBatch:
         """All rewards, group by group."""
         return [t.reward for t in self.trajectories]
 
+    def row_refs(self) -> list[RowRef]:
+        """Group, episode and sample of every training row, in row order."""
+        refs = []
+        episode = 0
+        for g, group in enumerate(self.groups):
+            for traj in group:
+                refs.extend(
+                    RowRef(group=g, episode=episode, sample=s) for s in range(len(traj.samples))
+                )
+                episode += 1
+        return refs
+
     def __len__(self) -> int:
         return sum(len(g) for g in self.groups)
 
     def padded(self, pad_id: int, rows: list[int] | None = None) -> PaddedBatch:
-        """Stack (a subset of) the trajectories into right-padded tensors.
+        """Stack (a subset of) the rows into right-padded tensors.
 
         Args:
             pad_id: token id used for padding.
-            rows: indices into ``trajectories`` to keep; all when None.
+            rows: indices into ``row_refs()`` to keep; all when None.
+
+        Raises:
+            ValueError: when no row is selected or token advantages do not match a row.
         """
         trajs = self.trajectories
-        flat_adv = [a for g in self.advantages for a in g] if self.advantages else None
-        group_of = [gi for gi, g in enumerate(self.groups) for _ in g]
-        keep = list(range(len(trajs))) if rows is None else list(rows)
+        refs = self.row_refs()
+        keep = list(range(len(refs))) if rows is None else list(rows)
         if not keep:
             raise ValueError("EpisodeBatch.padded: no rows selected")
-        chosen = [trajs[i] for i in keep]
-        length = max(len(t) for t in chosen)
+        chosen = [refs[i] for i in keep]
+        samples = [trajs[r.episode].samples[r.sample] for r in chosen]
+        length = max(len(s) for s in samples)
 
-        def stack(name: str, pad: float, dtype: torch.dtype) -> torch.Tensor:
+        def stack(values: list[list[Any]], pad: float, dtype: torch.dtype) -> torch.Tensor:
             # One tensor() call over padded lists: per-row tensors cost more than the model.
-            rows = [[*getattr(t, name), *[pad] * (length - len(t))] for t in chosen]
-            return torch.tensor(rows, dtype=dtype)
+            return torch.tensor([[*v, *[pad] * (length - len(v))] for v in values], dtype=dtype)
 
-        ids = stack("input_ids", pad_id, torch.long)
-        attn = torch.tensor([[1] * len(t) + [0] * (length - len(t)) for t in chosen])
-        mask = stack("loss_mask", 0.0, torch.float32)
-        lps = stack("logprobs", 0.0, torch.float32)
-        vers = stack("versions", PROMPT_VERSION, torch.long)
-        b = len(keep)
         return PaddedBatch(
-            input_ids=ids,
-            attention_mask=attn,
-            loss_mask=mask,
-            logprobs=lps,
-            versions=vers,
-            rewards=torch.tensor([trajs[i].reward for i in keep], dtype=torch.float32),
-            advantages=torch.tensor(
-                [flat_adv[i] for i in keep] if flat_adv else [0.0] * b, dtype=torch.float32
-            ),
-            group_index=torch.tensor([group_of[i] for i in keep], dtype=torch.long),
+            input_ids=stack([s.input_ids for s in samples], pad_id, torch.long),
+            attention_mask=stack([[1] * len(s) for s in samples], 0, torch.long),
+            loss_mask=stack([s.loss_mask for s in samples], 0.0, torch.float32),
+            logprobs=stack([s.logprobs for s in samples], 0.0, torch.float32),
+            versions=stack([s.versions for s in samples], PROMPT_VERSION, torch.long),
+            rewards=torch.tensor([trajs[r.episode].reward for r in chosen], dtype=torch.float32),
+            advantages=stack(self._row_advantages(keep, samples), 0.0, torch.float32),
+            temperatures=torch.tensor([s.temperature for s in samples], dtype=torch.float32),
+            group_index=torch.tensor([r.group for r in chosen], dtype=torch.long),
+            episode_index=torch.tensor([r.episode for r in chosen], dtype=torch.long),
         )
+
+    def _row_advantages(self, keep: list[int], samples: list[Sample]) -> list[list[float]]:
+        if self.token_advantages is not None:
+            out = [self.token_advantages[i] for i in keep]
+            for i, adv, s in zip(keep, out, samples, strict=True):
+                if len(adv) != len(s):
+                    raise ValueError(
+                        f"token_advantages[{i}] has {len(adv)} values for {len(s)} tokens"
+                    )
+            return out
+        if self.advantages is None:
+            return [[0.0] * len(s) for s in samples]
+        flat = [a for g in self.advantages for a in g]
+        refs = self.row_refs()
+        return [[flat[refs[i].episode]] * len(s) for i, s in zip(keep, samples, strict=True)]
 
 
 @dataclass(kw_only=True, slots=True)

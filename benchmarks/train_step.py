@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import platform
 import random
 import tempfile
@@ -27,10 +26,10 @@ import torch
 
 from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
 from areal_env.trainers.algorithms.advantages import compute_advantages
-from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss
+from areal_env.trainers.algorithms.presets import resolve_preset
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
-from areal_env.types import EpisodeBatch, GenerationResult, Trajectory
+from areal_env.types import EpisodeBatch, GenerationResult, Sample, SamplingParams, Trajectory
 
 
 def make_batch(tokenizer, groups: int, samples: int, answer_tokens: int, seed: int) -> EpisodeBatch:
@@ -46,9 +45,9 @@ def make_batch(tokenizer, groups: int, samples: int, answer_tokens: int, seed: i
         group = []
         for _ in range(samples):
             n = rng.randint(1, answer_tokens)
-            t = Trajectory(reward=float(rng.random() < 0.4))
-            t.append_prompt(prompt)
-            t.append_generation(
+            sample = Sample()
+            sample.append_prompt(prompt)
+            sample.append_generation(
                 GenerationResult(
                     request_id=f"{g}",
                     input_ids=tuple(prompt),
@@ -56,9 +55,10 @@ def make_batch(tokenizer, groups: int, samples: int, answer_tokens: int, seed: i
                     output_logprobs=[-2.0] * n,
                     output_versions=[0] * n,
                     finish_reason="stop",
-                )
+                ),
+                SamplingParams(temperature=1.0),
             )
-            group.append(t)
+            group.append(Trajectory(samples=[sample], reward=float(rng.random() < 0.4)))
         out.append(group)
     return compute_advantages(EpisodeBatch(groups=out), "group_mean_std")
 
@@ -70,15 +70,7 @@ def time_side(model, tokenizer, batch: EpisodeBatch, share: bool, args) -> float
         pad_id=tokenizer.pad_token_id,
         ref_model=copy.deepcopy(model).eval().requires_grad_(False),
     )
-    loss_fn = functools.partial(
-        ppo_clip_loss,
-        aggregation="token_mean",
-        clip_low=0.2,
-        clip_high=0.2,
-        kl_coef=0.1,
-        kl_estimator="k3",
-        max_len=args.answer_tokens,
-    )
+    loss_fn = resolve_preset("grpo", kl_coef=0.1).loss_fn(max_len=args.answer_tokens)
     rows = list(range(len(batch)))
     for _ in range(args.warmup):
         backend.train_step(batch, loss_fn, rows)

@@ -19,10 +19,12 @@ import torch
 from gymnasium.envs.registration import load_env_creator
 
 import areal_env  # noqa: F401  (registers the areal/* env ids)
-from areal_env.agents.single_turn import SingleTurnAgent
+from areal_env.agents.base import Agent
+from areal_env.agents.registry import make_agent
 from areal_env.config import ModelConfig, resolve_device
 from areal_env.inference.chat_client import ChatClient
-from areal_env.inference.local import LocalEngine
+from areal_env.inference.engine import InferenceEngine
+from areal_env.inference.registry import make_engine
 from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
 from areal_env.rollout.episode import make_episode_fn
 from areal_env.trainers.config import GRPOConfig
@@ -34,10 +36,10 @@ class Components:
 
     tokenizer: Any
     policy: torch.nn.Module
-    engine: LocalEngine
+    engine: InferenceEngine
     client: ChatClient
     env_factory: Callable[[], Any]
-    agent: Any
+    agent: Agent
     episode_fn: Callable[[int, int], Any]
     device: str
 
@@ -86,10 +88,10 @@ def build_components(cfg: GRPOConfig) -> Components:
     # The engine gets its own copy: rollouts keep sampling while the trainer
     # steps, and weights move only through update_weights.
     engine_model = copy.deepcopy(policy).eval()
-    engine = LocalEngine(engine_model, tokenizer, cfg.inference.local)
+    engine = make_engine(engine_model, tokenizer, cfg.inference)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
     env_factory = make_env_factory(cfg.env.id, dict(cfg.env.kwargs))
-    agent = SingleTurnAgent()
+    agent = make_agent(cfg.agent.name, **cfg.agent.kwargs)
     return Components(
         tokenizer=tokenizer,
         policy=policy,

@@ -10,16 +10,15 @@ addition/subtraction, which learns on 2 CPU cores in a few minutes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from areal_env.agents.registry import AGENTS
 from areal_env.config import CheckpointConfig, EnvConfig, MetricsConfig, ModelConfig
 from areal_env.inference.chat_client import SamplingConfig
-from areal_env.inference.local import LocalEngineConfig
+from areal_env.inference.registry import InferenceConfig
 from areal_env.rollout.scheduler import RolloutConfig
-from areal_env.trainers.algorithms.presets import PRESETS
+from areal_env.trainers.algorithms.presets import PRESETS, Preset, resolve_preset
 from areal_env.trainers.backends.base import TrainConfig
-
-AGENTS = ("single_turn",)
-"""Valid values of ``agent.name``."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -29,47 +28,47 @@ class AlgorithmConfig:
     preset: str = "grpo"
     """Key of trainers/algorithms/presets.PRESETS."""
     kl_coef: float | None = None
-    """Weight of the KL penalty to the frozen reference (warm-start) model."""
+    """Weight of the KL penalty to the frozen reference (warm-start) model (>= 0)."""
     kl_estimator: str | None = None
     """k1, k2 or k3."""
     clip_low: float | None = None
-    """PPO ratio lower clip (1 - clip_low)."""
+    """PPO ratio lower clip (1 - clip_low), in [0, 1)."""
     clip_high: float | None = None
-    """PPO ratio upper clip (1 + clip_high)."""
+    """PPO ratio upper clip (1 + clip_high), >= 0."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(
                 f"algorithm.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
             )
+        try:
+            self.resolved()
+        except ValueError as e:
+            raise ValueError(f"algorithm.{e}") from None
 
-
-@dataclass(kw_only=True, slots=True)
-class InferenceConfig:
-    """How rollouts are generated."""
-
-    backend: str = "local"
-    """'local': the in-process transformers engine."""
-    local: LocalEngineConfig = field(default_factory=LocalEngineConfig)
-    """Settings of the local engine."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Default sampling of every completion."""
-
-    def __post_init__(self) -> None:
-        if self.backend != "local":
-            raise ValueError(f"inference.backend must be one of ('local',), got {self.backend!r}")
+    def resolved(self) -> Preset:
+        """The preset with the keys the user set replaced."""
+        return resolve_preset(
+            self.preset,
+            kl_coef=self.kl_coef,
+            kl_estimator=self.kl_estimator,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+        )
 
 
 @dataclass(kw_only=True, slots=True)
 class AgentConfig:
-    """Which agent plays the episodes."""
+    """Which agent plays the episodes, and its options."""
 
     name: str = "single_turn"
-    """One of AGENTS."""
+    """A key of agents/registry.AGENTS."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the agent's constructor."""
 
     def __post_init__(self) -> None:
         if self.name not in AGENTS:
-            raise ValueError(f"agent.name must be one of {AGENTS}, got {self.name!r}")
+            raise ValueError(f"agent.name must be one of {sorted(AGENTS)}, got {self.name!r}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -123,11 +122,20 @@ class GRPOConfig:
         )
     )
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    algorithm: AlgorithmConfig = field(default_factory=lambda: AlgorithmConfig(kl_coef=0.1))
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, lr=2.5e-4))
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        preset = self.algorithm.resolved()
+        if preset.group_relative and self.rollout.n_samples < 2:
+            raise ValueError(
+                f"rollout.n_samples must be >= 2 for algorithm.preset={self.algorithm.preset!r}: "
+                f"its advantage ({preset.advantage}) compares the episodes of a group, and a "
+                f"group of {self.rollout.n_samples} has nothing to compare"
+            )
 
 
 def main() -> None:

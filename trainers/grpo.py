@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import functools
 import logging
 import sys
 import time
@@ -34,18 +33,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from areal_env.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
 from areal_env.config import load_config, to_yaml
 from areal_env.metrics import MetricsLogger
+from areal_env.progress import progress_bar
 from areal_env.rollout.scheduler import RolloutScheduler
 from areal_env.trainers.algorithms.advantages import compute_advantages
-from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss
-from areal_env.trainers.algorithms.presets import get_preset
-from areal_env.trainers.backends.torch_single import TorchBackend
+from areal_env.trainers.backends.base import TrainBackend
+from areal_env.trainers.backends.registry import make_backend
 from areal_env.trainers.build import Components, build_components, seed_everything
-from areal_env.trainers.config import AlgorithmConfig, GRPOConfig
+from areal_env.trainers.config import GRPOConfig
 from areal_env.trainers.warm_start import warm_start
 from areal_env.trainers.weight_sync import push_weights
 from areal_env.types import EpisodeBatch
@@ -53,25 +51,9 @@ from areal_env.types import EpisodeBatch
 logger = logging.getLogger("areal_env.grpo")
 
 
-def resolved_choices(cfg: AlgorithmConfig) -> dict[str, object]:
-    """The preset's loss choices with the config's non-None overrides applied."""
-    preset = get_preset(cfg.preset)
-    names = ("clip_low", "clip_high", "kl_coef", "kl_estimator")
-    out: dict[str, object] = {"aggregation": preset.aggregation}
-    for name in names:
-        value = getattr(cfg, name)
-        out[name] = getattr(preset, name) if value is None else value
-    return out
-
-
-def make_loss_fn(cfg: AlgorithmConfig, max_len: int) -> functools.partial:
-    """The clipped PPO loss with the resolved algorithm choices bound."""
-    return functools.partial(ppo_clip_loss, **resolved_choices(cfg), max_len=max_len)
-
-
 def make_scheduler(cfg: GRPOConfig, parts: Components, version: int) -> RolloutScheduler:
     """The rollout scheduler, with the preset's group filter (DAPO's dynamic sampling)."""
-    preset = get_preset(cfg.algorithm.preset)
+    preset = cfg.algorithm.resolved()
     rollout = dataclasses.replace(
         cfg.rollout, filter_all_equal=cfg.rollout.filter_all_equal or preset.filter_all_equal_groups
     )
@@ -79,28 +61,33 @@ def make_scheduler(cfg: GRPOConfig, parts: Components, version: int) -> RolloutS
 
 
 def trainable_rows(batch: EpisodeBatch) -> list[int]:
-    """Indices of trajectories with a non-zero advantage (all-equal groups have none)."""
+    """Rows (indices into ``batch.row_refs()``) with a non-zero advantage somewhere.
+
+    All-equal groups have zero advantage: no gradient, only wasted compute.
+    """
+    refs = batch.row_refs()
+    if batch.token_advantages is not None:
+        return [
+            i for i, adv in enumerate(batch.token_advantages) if any(abs(a) > 1e-8 for a in adv)
+        ]
     flat = [a for g in batch.advantages or [] for a in g]
-    return [i for i, a in enumerate(flat) if abs(a) > 1e-8]
+    return [i for i, ref in enumerate(refs) if flat and abs(flat[ref.episode]) > 1e-8]
 
 
 async def train(
     cfg: GRPOConfig,
     parts: Components,
-    backend: TorchBackend,
+    backend: TrainBackend,
     scheduler: RolloutScheduler,
     metrics: MetricsLogger,
     start_step: int,
 ) -> None:
     """The step loop: batch -> advantages -> train -> push weights -> log -> checkpoint."""
-    preset = get_preset(cfg.algorithm.preset)
-    loss_fn = make_loss_fn(cfg.algorithm, cfg.inference.sampling.max_new_tokens)
-    bar = tqdm(
-        total=cfg.train.steps,
-        initial=start_step,
-        desc="grpo",
-        disable=not cfg.metrics.progress,
-        dynamic_ncols=True,
+    preset = cfg.algorithm.resolved()
+    loss_fn = preset.loss_fn(max_len=cfg.inference.sampling.max_new_tokens)
+    weights_dir = Path(cfg.output_dir) / "weights"
+    bar = progress_bar(
+        total=cfg.train.steps, initial=start_step, desc="grpo", enabled=cfg.metrics.progress
     )
     async with scheduler.running():
         for step in range(start_step, cfg.train.steps):
@@ -113,7 +100,9 @@ async def train(
             if rows:  # a batch of only all-equal groups carries no gradient
                 stats = await asyncio.to_thread(backend.train_step, batch, loss_fn, rows)
             version = step + 1
-            await push_weights(backend, parts.engine, scheduler, version=version)
+            await push_weights(
+                backend, parts.engine, scheduler, version=version, weights_dir=weights_dir
+            )
             step_s = time.perf_counter() - t0
             gen_tokens = batch.stats.get("rollout/gen_tokens", 0.0)
             metrics.log(
@@ -124,7 +113,7 @@ async def train(
                     "time/step_s": step_s,
                     "time/wait_rollout_s": t_wait,
                     "throughput/gen_tokens_per_s": gen_tokens / max(step_s, 1e-9),
-                    "train/trained_fraction": len(rows) / max(len(batch), 1),
+                    "train/trained_fraction": len(rows) / max(len(batch.row_refs()), 1),
                     "train/version": float(version),
                 },
             )
@@ -146,7 +135,6 @@ async def run(cfg: GRPOConfig) -> Path:
         torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.output_dir)
     parts = build_components(cfg)
-    temperature = cfg.inference.sampling.temperature
     checkpoints = list_checkpoints(out) if cfg.recover else []
     if cfg.recover and not checkpoints:
         logger.warning("recover=true but no checkpoint in %s: starting fresh", out)
@@ -158,19 +146,15 @@ async def run(cfg: GRPOConfig) -> Path:
             client=parts.client,
             env_factory=parts.env_factory,
             episode_fn=parts.episode_fn,
-            temperature=temperature,
             seed=cfg.seed,
             progress=cfg.metrics.progress,
         )
         logger.info("warm start: %s", result)
-    ref_model = copy.deepcopy(parts.policy).eval().requires_grad_(False)
-    kl_coef = resolved_choices(cfg.algorithm)["kl_coef"]
-    backend = TorchBackend(
-        parts.policy,
-        cfg.train,
-        pad_id=parts.tokenizer.pad_token_id,
-        temperature=temperature,
-        ref_model=ref_model if kl_coef else None,
+    ref_model = None
+    if cfg.algorithm.resolved().kl_coef:  # the frozen warm-start model, for the KL term
+        ref_model = copy.deepcopy(parts.policy).eval().requires_grad_(False)
+    backend = make_backend(
+        parts.policy, cfg.train, pad_id=parts.tokenizer.pad_token_id, ref_model=ref_model
     )
     start_step = 0
     scheduler = make_scheduler(cfg, parts, version=0)
@@ -180,7 +164,9 @@ async def run(cfg: GRPOConfig) -> Path:
         scheduler.load_state_dict(state.scheduler)
         start_step = state.step
         logger.info("resumed from %s (step %d)", checkpoints[-1], start_step)
-    await push_weights(backend, parts.engine, scheduler, version=start_step)
+    await push_weights(
+        backend, parts.engine, scheduler, version=start_step, weights_dir=out / "weights"
+    )
     metrics = MetricsLogger(
         out,
         cfg.metrics,

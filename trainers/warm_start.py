@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from areal_env.progress import progress_bar
 from areal_env.rollout.episode import close_env
 from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
 from areal_env.trainers.config import WarmStartConfig
 from areal_env.trainers.weight_sync import push_weights
-from areal_env.types import EpisodeBatch, Trajectory
+from areal_env.types import EpisodeBatch, Sample, Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +58,16 @@ async def demonstrations(env_factory: Any, client: Any, n: int) -> list[Trajecto
         await close_env(env)
         if "answer" not in info:
             raise ValueError("warm_start needs an env whose reset info has an 'answer'")
-        traj = Trajectory()
-        traj.append_prompt(
+        sample = Sample()
+        sample.append_prompt(
             client.encode(client.render(list(obs), env.tools, generation_prompt=True))
         )
         reply = client.encode(str(info["answer"])) + [tok.eos_token_id]
-        traj.input_ids.extend(reply)
-        traj.loss_mask.extend([1] * len(reply))
-        traj.logprobs.extend([0.0] * len(reply))
-        traj.versions.extend([0] * len(reply))
-        demos.append(traj)
+        sample.input_ids.extend(reply)
+        sample.loss_mask.extend([1] * len(reply))
+        sample.logprobs.extend([0.0] * len(reply))
+        sample.versions.extend([0] * len(reply))
+        demos.append(Trajectory(samples=[sample]))
     return demos
 
 
@@ -85,7 +85,6 @@ async def warm_start(
     client: Any,
     env_factory: Any,
     episode_fn: Any,
-    temperature: float,
     seed: int,
     progress: bool = True,
 ) -> WarmStartResult:
@@ -99,12 +98,11 @@ async def warm_start(
             micro_batch_size=cfg.batch_size,
         ),
         pad_id=client.tokenizer.pad_token_id,
-        temperature=1.0,
     )
     pool = await demonstrations(env_factory, client, cfg.num_demos)
     rng = random.Random(seed)
     accuracy, step = 0.0, 0
-    bar = tqdm(total=cfg.max_steps, desc="warm start", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=cfg.max_steps, desc="warm start", enabled=progress)
     try:
         while step < cfg.max_steps:
             batch = EpisodeBatch(groups=[rng.sample(pool, min(cfg.batch_size, len(pool)))])
@@ -117,11 +115,10 @@ async def warm_start(
                 accuracy = await sampled_accuracy(episode_fn, cfg.eval_episodes)
                 bar.set_postfix(nll=f"{stats['sft/nll']:.3f}", accuracy=f"{accuracy:.3f}")
                 logger.info(
-                    "warm start step %d: nll %.3f sampled accuracy %.3f (T=%.1f)",
+                    "warm start step %d: nll %.3f sampled accuracy %.3f",
                     step,
                     stats["sft/nll"],
                     accuracy,
-                    temperature,
                 )
                 if accuracy >= cfg.target_accuracy:
                     return WarmStartResult(steps=step, accuracy=accuracy, reached_target=True)

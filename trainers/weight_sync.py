@@ -4,33 +4,78 @@ The order matters. The engine drains in-flight work before it loads, so no
 token is sampled from half-updated weights; the scheduler learns the new
 version only after the engine has it, so the staleness bound is never
 computed against a version the engine does not serve yet.
+
+The transport is the engine's choice (``engine.weight_transports``, preferred
+first): an in-process engine takes the backend's state dict (shared tensors,
+no copy); an engine in another process takes a folder of HF-format weights
+that the backend writes (``save_weights``) under ``weights_dir``.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from areal_env.inference.engine import InferenceEngine
 from areal_env.types import WeightUpdate
 
+KEEP_WEIGHT_FOLDERS = 2
+"""Disk pushes keep this many version folders (a server may still be reading the last)."""
+
+
+def make_update(
+    backend: Any, engine: InferenceEngine, *, version: int, weights_dir: str | Path | None
+) -> WeightUpdate:
+    """The ``WeightUpdate`` for ``engine``, in the first transport both sides support.
+
+    Raises:
+        ValueError: when the engine takes only disk updates and no ``weights_dir``
+            is given, or names no transport this trainer knows.
+    """
+    transports = tuple(getattr(engine, "weight_transports", ("state_dict",)))
+    for transport in transports:
+        if transport == "state_dict":
+            return WeightUpdate(version=version, state_dict=backend.weights_for_sync())
+        if transport == "disk":
+            if weights_dir is None:
+                raise ValueError(
+                    "this engine loads weights from disk: give push_weights a weights_dir"
+                )
+            folder = Path(weights_dir) / f"v{version:06d}"
+            backend.save_weights(str(folder))
+            _prune(Path(weights_dir), keep=KEEP_WEIGHT_FOLDERS)
+            return WeightUpdate(version=version, path=str(folder))
+    raise ValueError(f"no weight transport in common: the engine takes {transports}")
+
 
 async def push_weights(
-    backend: Any, engine: InferenceEngine, scheduler: Any | None, *, version: int
+    backend: Any,
+    engine: InferenceEngine,
+    scheduler: Any | None,
+    *,
+    version: int,
+    weights_dir: str | Path | None = None,
 ) -> None:
-    """Load ``backend.weights_for_sync()`` into ``engine`` as ``version``.
+    """Load the backend's current weights into ``engine`` as ``version``.
 
     Args:
         backend: a TrainBackend.
-        engine: an in-process engine (state-dict push).
+        engine: the inference engine to update.
         scheduler: a RolloutScheduler to tell about the new version, or None.
         version: the weight version after the update.
+        weights_dir: where disk updates are written (needed by disk-only engines).
     """
     await engine.pause()
     try:
-        await engine.update_weights(
-            WeightUpdate(version=version, state_dict=backend.weights_for_sync())
-        )
+        update = make_update(backend, engine, version=version, weights_dir=weights_dir)
+        await engine.update_weights(update)
     finally:
         await engine.resume()
     if scheduler is not None:
         scheduler.set_version(version)
+
+
+def _prune(root: Path, *, keep: int) -> None:
+    for old in sorted(p for p in root.glob("v*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

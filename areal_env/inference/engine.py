@@ -9,18 +9,33 @@ Lifecycle (the trainer drives it around every weight update)::
     await engine.pause()                  # finish in-flight work, admit nothing new
     await engine.update_weights(update)   # load weights, version = update.version
     await engine.resume()                 # queued requests run on the new weights
+
+``abort`` ends requests now, with the tokens generated so far and
+``finish_reason="abort"``: the building block of interruptible generation,
+where a weight update does not wait for long completions. Engines say which
+weight transports they take (``weight_transports``): an in-process state dict,
+or a folder of HF-format weights on disk (servers in other processes).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Collection
+from typing import Literal, Protocol, runtime_checkable
 
 from areal_env.types import GenerationRequest, GenerationResult, WeightUpdate
+
+WeightTransport = Literal["state_dict", "disk"]
+"""How new weights reach an engine: a tensor dict in this process, or an HF folder."""
 
 
 @runtime_checkable
 class InferenceEngine(Protocol):
     """Generates tokens for requests; swaps weights between pauses."""
+
+    @property
+    def weight_transports(self) -> tuple[WeightTransport, ...]:
+        """The ``WeightUpdate`` forms this engine loads, the preferred one first."""
+        ...
 
     @property
     def version(self) -> int:
@@ -33,6 +48,13 @@ class InferenceEngine(Protocol):
 
     async def update_weights(self, update: WeightUpdate) -> None:
         """Load new weights and set ``version`` to ``update.version``."""
+        ...
+
+    async def abort(self, request_ids: Collection[str] | None = None) -> int:
+        """End the given requests (all when None) now; returns how many were ended.
+
+        Their results carry the tokens generated so far and ``finish_reason="abort"``.
+        """
         ...
 
     async def pause(self) -> None:

@@ -28,12 +28,14 @@ import asyncio
 import contextlib
 import numbers
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
+from areal_env.inference.engine import WeightTransport
 from areal_env.inference.kv_cache import KVBatch
 from areal_env.inference.sampling import sample_next_tokens
 from areal_env.types import (
@@ -203,6 +205,33 @@ class LocalEngine:
             finally:
                 if not was_paused:
                     await self.resume()
+
+    @property
+    def weight_transports(self) -> tuple[WeightTransport, ...]:
+        """A state dict (shared tensors, no copy) first; an HF folder also loads."""
+        return ("state_dict", "disk")
+
+    async def abort(self, request_ids: Collection[str] | None = None) -> int:
+        """End queued and running requests now, with the tokens they have so far.
+
+        Args:
+            request_ids: the requests to end; every request when None.
+
+        Returns:
+            How many requests were ended.
+        """
+        wanted = None if request_ids is None else set(request_ids)
+        rows = [*self._queue, *self._running.rows, *self._in_step]
+        ended = 0
+        for row in dict.fromkeys(rows):  # a row may be listed twice during a step
+            if row.future.done() or (wanted is not None and row.request.request_id not in wanted):
+                continue
+            row.finish_reason = "abort"
+            row.future.set_result(row.result())
+            ended += 1
+        self._queue = deque(r for r in self._queue if not r.future.done())
+        self._wake.set()
+        return ended
 
     async def pause(self) -> None:
         """Stop admitting requests; return once the running batch has finished."""

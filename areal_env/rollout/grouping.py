@@ -53,16 +53,17 @@ def all_rewards_equal(group: Group) -> bool:
 
 
 def any_longer_than(max_tokens: int) -> GroupFilter:
-    """A filter dropping groups with an episode longer than ``max_tokens`` tokens.
+    """A filter dropping groups with a sample (training row) longer than ``max_tokens`` tokens.
 
     Example:
         >>> too_long = any_longer_than(2)
-        >>> too_long([Trajectory(input_ids=[1, 2, 3])]), too_long.__name__
+        >>> from areal_env.types import Sample
+        >>> too_long([Trajectory(samples=[Sample(input_ids=[1, 2, 3])])]), too_long.__name__
         (True, 'any_longer_than_2')
     """
 
     def predicate(group: Group) -> bool:
-        return any(len(t) > max_tokens for t in group)
+        return any(len(s) > max_tokens for t in group for s in t.samples)
 
     predicate.__name__ = f"any_longer_than_{max_tokens}"
     return predicate
@@ -85,6 +86,9 @@ def batch_stats(groups: Sequence[Group], *, version: int) -> dict[str, float]:
 
     Returns:
         ``rollout/*`` metrics; ``reward_std`` is the population std over episodes.
+        Each key of the episodes' ``Trajectory.metrics`` (drift events, tool-call
+        parse errors, ...) becomes ``rollout/<key>``: its mean over the episodes,
+        an episode without the key counting 0.
     """
     trajs = [t for g in groups for t in g]
     if not trajs:
@@ -99,7 +103,21 @@ def batch_stats(groups: Sequence[Group], *, version: int) -> dict[str, float]:
         "rollout/gen_tokens": float(sum(t.num_generated for t in trajs)),
         "rollout/seq_len_mean": statistics.fmean(len(t) for t in trajs),
         "rollout/all_equal_groups": sum(map(all_rewards_equal, groups)) / len(groups),
+        "rollout/samples_per_episode": statistics.fmean(len(t.samples) for t in trajs),
+        **episode_metrics(trajs),
     }
+
+
+def episode_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
+    """Mean of each ``Trajectory.metrics`` key over ``trajs`` (missing counts 0).
+
+    Example:
+        >>> episode_metrics([Trajectory(metrics={"drift_events": 2.0}), Trajectory()])
+        {'rollout/drift_events': 1.0}
+    """
+    keys = sorted({k for t in trajs for k in t.metrics})
+    n = max(len(trajs), 1)
+    return {f"rollout/{k}": sum(t.metrics.get(k, 0.0) for t in trajs) / n for k in keys}
 
 
 def build_batch(

@@ -140,8 +140,9 @@ def trajectory_staleness(trajectory: Trajectory, trainer_version: int) -> int:
     counts 0.
 
     Example:
-        >>> t = Trajectory(input_ids=[1, 2, 3], loss_mask=[0, 1, 1], logprobs=[0.0] * 3,
-        ...                versions=[-1, 2, 3])
+        >>> from areal_env.types import Sample
+        >>> t = Trajectory(samples=[Sample(input_ids=[1, 2, 3], loss_mask=[0, 1, 1],
+        ...                                logprobs=[0.0] * 3, versions=[-1, 2, 3])])
         >>> trajectory_staleness(t, trainer_version=4)
         2
     """

@@ -12,7 +12,7 @@ from areal_env.rollout.staleness import (
     staleness_limit,
     trajectory_staleness,
 )
-from areal_env.types import Trajectory
+from areal_env.types import Sample, Trajectory
 
 
 class FakeTrainer:
@@ -105,12 +105,13 @@ def test_release_more_than_running_is_a_bug() -> None:
 
 
 def test_trajectory_staleness_uses_oldest_generated_token() -> None:
-    traj = Trajectory(
-        input_ids=[1, 2, 3, 4],
-        loss_mask=[0, 1, 0, 1],
-        logprobs=[0.0] * 4,
-        versions=[-1, 3, -1, 5],
+    first = Sample(input_ids=[1, 2], loss_mask=[0, 1], logprobs=[0.0] * 2, versions=[-1, 4])
+    second = Sample(
+        input_ids=[1, 2, 3, 4], loss_mask=[0, 1, 0, 1], logprobs=[0.0] * 4, versions=[-1, 3, -1, 5]
     )
-    assert trajectory_staleness(traj, trainer_version=6) == 3
-    prompt_only = Trajectory(input_ids=[1], loss_mask=[0], logprobs=[0.0], versions=[-1])
+    traj = Trajectory(samples=[first, second])
+    assert trajectory_staleness(traj, trainer_version=6) == 3  # oldest over all samples
+    prompt_only = Trajectory(
+        samples=[Sample(input_ids=[1], loss_mask=[0], logprobs=[0.0], versions=[-1])]
+    )
     assert trajectory_staleness(prompt_only, trainer_version=6) == 0

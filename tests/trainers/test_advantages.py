@@ -16,7 +16,7 @@ from areal_env.trainers.algorithms.advantages import (
     group_mean_std,
     rloo,
 )
-from areal_env.types import EpisodeBatch, Trajectory
+from areal_env.types import EpisodeBatch, Sample, Trajectory
 
 GROUP_ESTIMATORS = sorted(set(ADVANTAGE_ESTIMATORS) - BATCH_ESTIMATORS)
 SQRT2 = math.sqrt(2.0)
@@ -107,9 +107,11 @@ def test_compute_advantages_batch_estimator_is_global_and_reshaped():
 def test_compute_advantages_feeds_padded_batch():
     batch = make_batch([1.0, 0.0], [0.0, 1.0])
     for t in batch.trajectories:
-        t.append_prompt([1, 2])
+        t.samples.append(
+            Sample(input_ids=[1, 2], loss_mask=[0, 1], logprobs=[0.0, -1.0], versions=[-1, 0])
+        )
     compute_advantages(batch, "group_mean")
-    assert batch.padded(pad_id=0).advantages.tolist() == [0.5, -0.5, -0.5, 0.5]
+    assert batch.padded(pad_id=0).advantages[:, 1].tolist() == [0.5, -0.5, -0.5, 0.5]
 
 
 def test_compute_advantages_empty_batch_and_group():

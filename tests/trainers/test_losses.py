@@ -9,7 +9,26 @@ import torch
 
 from areal_env.trainers.algorithms.kl import KL_ESTIMATORS, kl_penalty
 from areal_env.trainers.algorithms.losses.aggregation import AGGREGATIONS, aggregate
-from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss
+from areal_env.trainers.algorithms.losses.base import LossInputs
+from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss as _ppo_clip_loss
+
+
+def ppo_clip_loss(lp, old, adv, mask, *, ref_logprobs=None, proximal=None, counts=None, **kw):
+    """The loss on tensors, advantages [B] broadcast over tokens as the batch does."""
+    adv = adv.unsqueeze(-1).expand_as(lp) if adv.dim() == 1 else adv
+    num_tokens, num_sequences = counts or (None, None)
+    inputs = LossInputs(
+        logprobs=lp,
+        behaviour_logprobs=old,
+        advantages=adv,
+        loss_mask=mask,
+        ref_logprobs=ref_logprobs,
+        proximal_logprobs=proximal,
+        num_tokens=num_tokens,
+        num_sequences=num_sequences,
+    )
+    return _ppo_clip_loss(inputs, **kw)
+
 
 # ----------------------------------------------------------------------------- kl
 
@@ -216,8 +235,10 @@ def test_ppo_clip_empty_mask_is_zero():
     ("kw", "match"),
     [
         ({"kl_coef": 0.1}, "ref_logprobs"),
-        ({"kl_estimator": "k9"}, "k1"),
-        ({"aggregation": "mean"}, "token_mean"),
+        ({"kl_estimator": "k9"}, "kl_estimator.*k1"),
+        ({"aggregation": "mean"}, "aggregation.*token_mean"),
+        ({"ratio_level": "episode"}, "ratio_level"),
+        ({"kl_coef": -0.1}, "kl_coef"),
         ({"dual_clip_c": 1.0}, "dual_clip_c"),
         ({"clip_low": 1.0}, "clip_low"),
     ],
@@ -229,6 +250,78 @@ def test_ppo_clip_rejects_bad_options(kw, match):
 
 def test_ppo_clip_rejects_bad_shapes():
     with pytest.raises(ValueError, match="advantages"):
-        ppo_clip_loss(example_logprobs(), torch.zeros(2, 3), torch.zeros(3), LOSS_MASK)
-    with pytest.raises(ValueError, match="old_logprobs"):
+        ppo_clip_loss(example_logprobs(), torch.zeros(2, 3), torch.zeros(2, 2), LOSS_MASK)
+    with pytest.raises(ValueError, match="behaviour_logprobs"):
         ppo_clip_loss(example_logprobs(), torch.zeros(2, 2), ADV, LOSS_MASK)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_ppo_clip_split_rows_with_global_counts_sum_to_the_whole(aggregation):
+    # Micro-batching: each part normalised by the whole batch's counts adds up to the whole.
+    kw = {"aggregation": aggregation, "max_len": 4}
+    whole_lp = example_logprobs()
+    whole, _ = ppo_clip_loss(whole_lp, torch.zeros(2, 3), ADV, LOSS_MASK, **kw)
+    whole.backward()
+    counts = (float(LOSS_MASK.sum()), 2.0)
+    lp = example_logprobs()
+    parts = [
+        ppo_clip_loss(
+            lp[i : i + 1],
+            torch.zeros(1, 3),
+            ADV[i : i + 1],
+            LOSS_MASK[i : i + 1],
+            counts=counts,
+            **kw,
+        )[0]
+        for i in (0, 1)
+    ]
+    sum(parts).backward()
+    assert sum(parts).item() == pytest.approx(whole.item())
+    torch.testing.assert_close(lp.grad, whole_lp.grad)
+    if aggregation == "token_mean":  # without global counts a split gives another loss
+        local = [
+            ppo_clip_loss(
+                lp[i : i + 1], torch.zeros(1, 3), ADV[i : i + 1], LOSS_MASK[i : i + 1], **kw
+            )[0]
+            for i in (0, 1)
+        ]
+        assert sum(local).item() != pytest.approx(whole.item())
+
+
+def test_sequence_ratio_level_uses_the_rows_mean_log_ratio():
+    # Row 0: log ratios [0, log 1.5, log 0.9] -> exp(mean) = (1.35)^(1/3) ~ 1.105, inside
+    # the clip range; every token of the row gets that ratio, gradient through its own token.
+    lp = example_logprobs()
+    loss, m = ppo_clip_loss(lp, torch.zeros(2, 3), ADV, LOSS_MASK, ratio_level="sequence")
+    loss.backward()
+    r0 = 1.35 ** (1 / 3)
+    r1 = 0.9**0.5  # row 1: [log 0.9, 0] over its 2 tokens
+    assert m["loss/ratio_mean"] == pytest.approx((3 * r0 + 2 * r1) / 5)
+    assert loss.item() == pytest.approx((-3 * r0 + 2 * r1) / 5)
+    expected = torch.tensor([[-r0, -r0, -r0], [r1, r1, 0.0]]) / 5
+    torch.testing.assert_close(lp.grad, expected)
+
+
+def test_sequence_ratio_clips_the_whole_row():
+    # One outlier token (ratio 3) pushes the row's mean ratio out of the range: all clipped.
+    lp = torch.tensor([[math.log(3.0), 0.0]], requires_grad=True)
+    loss, m = ppo_clip_loss(
+        lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2), ratio_level="sequence"
+    )
+    loss.backward()
+    assert m["loss/clip_frac"] == 1.0 and torch.equal(lp.grad, torch.zeros(1, 2))
+
+
+def test_proximal_policy_takes_the_ratio_and_behaviour_only_weights_it():
+    # behaviour -1, proximal -0.5: weight exp(0.5); ratio against proximal.
+    lp = torch.tensor([[-0.5]], requires_grad=True)
+    behav = torch.tensor([[-1.0]])
+    prox = torch.tensor([[-0.5]])
+    loss, m = ppo_clip_loss(lp, behav, torch.tensor([1.0]), torch.ones(1, 1), proximal=prox)
+    loss.backward()
+    w = math.exp(0.5)
+    assert loss.item() == pytest.approx(-w)  # ratio 1 against the proximal policy
+    assert lp.grad.item() == pytest.approx(-w)
+    # Without the proximal policy the ratio exp(0.5) ~ 1.65 would be clipped.
+    plain, m2 = ppo_clip_loss(lp.detach(), behav, torch.tensor([1.0]), torch.ones(1, 1))
+    assert plain.item() == pytest.approx(-1.2) and m2["loss/clip_frac"] == 1.0

@@ -11,8 +11,14 @@ import torch
 from areal_env.trainers.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from areal_env.trainers.algorithms.kl import KL_ESTIMATORS
 from areal_env.trainers.algorithms.losses.aggregation import AGGREGATIONS
-from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss
-from areal_env.trainers.algorithms.presets import PRESETS, Preset, get_preset
+from areal_env.trainers.algorithms.losses.base import LossInputs
+from areal_env.trainers.algorithms.presets import (
+    LOSSES,
+    PRESETS,
+    Preset,
+    get_preset,
+    resolve_preset,
+)
 from areal_env.types import EpisodeBatch, Trajectory
 
 
@@ -23,6 +29,7 @@ def test_preset_components_exist(name):
     assert p.advantage in ADVANTAGE_ESTIMATORS
     assert p.aggregation in AGGREGATIONS
     assert p.kl_estimator in KL_ESTIMATORS
+    assert p.loss in LOSSES and p.ratio_level in ("token", "sequence")
     assert 0.0 <= p.clip_low < 1.0 and p.clip_high >= p.clip_low
     assert p.description
 
@@ -37,18 +44,14 @@ def test_preset_runs_end_to_end(name):
     adv = torch.tensor([a for g in batch.advantages for a in g])
     lp = torch.full((5, 4), -1.0, requires_grad=True)
     mask = torch.ones(5, 4)
-    loss, metrics = ppo_clip_loss(
-        lp,
-        torch.full((5, 4), -1.1),
-        adv,
-        mask,
-        clip_low=p.clip_low,
-        clip_high=p.clip_high,
-        aggregation=p.aggregation,
+    inputs = LossInputs(
+        logprobs=lp,
+        behaviour_logprobs=torch.full((5, 4), -1.1),
+        advantages=adv.unsqueeze(-1).expand(5, 4),
+        loss_mask=mask,
         ref_logprobs=torch.full((5, 4), -1.2),
-        kl_coef=p.kl_coef,
-        kl_estimator=p.kl_estimator,
     )
+    loss, metrics = p.loss_fn(max_len=4)(inputs)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
     assert all(math.isfinite(v) for v in metrics.values())
@@ -69,6 +72,32 @@ def test_required_presets_and_their_choices():
     assert get_preset("reinforce_pp").advantage == "batch_normalized"
 
 
+def test_only_the_keys_a_user_sets_override_a_preset():
+    # The root config once set kl_coef=0.1 for everyone, so DAPO silently got a KL term.
+    assert resolve_preset("dapo").kl_coef == 0.0
+    assert resolve_preset("grpo").kl_coef == 0.1
+    assert resolve_preset("dapo", kl_coef=None, clip_high=None).clip_high == 0.28
+    assert resolve_preset("dapo", kl_coef=0.05).kl_coef == 0.05
+    with pytest.raises(ValueError, match="clip_low"):
+        resolve_preset("grpo", clip_low=1.5)
+    with pytest.raises(ValueError, match="unknown preset choices"):
+        resolve_preset("grpo", temperature=1.0)
+
+
+def test_a_preset_binds_its_choices_into_its_loss():
+    # Clip-higher: r = 1.25 with A = +1 is clipped by GRPO (0.2) but not by DAPO (0.28).
+    lp = torch.tensor([[0.0, float(torch.log(torch.tensor(1.25)))]])
+    inputs = LossInputs(
+        logprobs=lp,
+        behaviour_logprobs=torch.zeros(1, 2),
+        advantages=torch.ones(1, 2),
+        loss_mask=torch.tensor([[0.0, 1.0]]),
+        ref_logprobs=lp.clone(),
+    )
+    assert resolve_preset("grpo").loss_fn()(inputs)[1]["loss/clip_frac"] == 1.0
+    assert resolve_preset("dapo").loss_fn()(inputs)[1]["loss/clip_frac"] == 0.0
+
+
 def test_preset_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_preset("grpo").clip_high = 0.5  # type: ignore[misc]
@@ -87,6 +116,9 @@ def test_unknown_preset_lists_valid_names():
         ({"advantage": "rloo", "aggregation": "sum"}, "aggregation"),
         ({"advantage": "rloo", "kl_estimator": "k4"}, "kl_estimator"),
         ({"advantage": "rloo", "clip_low": 1.5}, "clip_low"),
+        ({"advantage": "rloo", "loss": "mse"}, "loss"),
+        ({"advantage": "rloo", "ratio_level": "turn"}, "ratio_level"),
+        ({"advantage": "rloo", "kl_coef": -1.0}, "kl_coef"),
     ],
 )
 def test_preset_rejects_unknown_components(kw, match):

@@ -1,25 +1,53 @@
-"""Algorithm presets: each named algorithm is one row of choices, not a code branch.
+"""Algorithm presets: each named algorithm is a row of choices, not a code branch.
 
-Every preset uses the token-level PPO clipped loss (``losses/ppo_clip.py``); they
-differ in advantage estimator, aggregation, clip range, KL and group filtering.
-Adding an algorithm means adding a row here and, at most, one estimator or loss.
+A preset names its loss (a key of ``LOSSES``) and the loss's choices (ratio level,
+aggregation, clip range, KL), its advantage estimator and its group filtering.
+Adding an algorithm means adding a row here plus, at most, one estimator in
+``advantages.py`` or one loss function: ``grpo.py`` does not change.
 
-All presets leave ``kl_coef`` at 0: with verifiable rewards the reference KL is not
-needed (DAPO, Dr.GRPO) and dropping it saves the reference model's forward pass.
-Set ``kl_coef`` (e.g. 0.04 with k3, as in the GRPO paper) to bring it back.
+Only GRPO keeps a KL penalty to the reference model, as in its paper (k3; β 0.1
+rather than the paper's 0.04, because the embedded run from a tiny SFT'd model
+collapses without it, see ENVIRONMENT notes in BENCHMARKS.md). The others drop it,
+as their papers do with verifiable rewards, which also saves the reference
+model's forward pass. Any choice can be overridden from the config
+(``algorithm.kl_coef=0.04``); a key the user leaves unset keeps the preset's.
 
 Example:
     >>> get_preset("dapo").clip_high
     0.28
+    >>> resolve_preset("dapo", kl_coef=0.05).kl_coef, resolve_preset("dapo").kl_coef
+    (0.05, 0.0)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from areal_env.trainers.algorithms.advantages import ADVANTAGE_ESTIMATORS
-from areal_env.trainers.algorithms.kl import KL_ESTIMATORS
-from areal_env.trainers.algorithms.losses.aggregation import AGGREGATIONS
+from areal_env.trainers.algorithms.losses.base import LossFn
+from areal_env.trainers.algorithms.losses.nll import nll_loss
+from areal_env.trainers.algorithms.losses.ppo_clip import check_ppo_choices, ppo_clip_loss
+
+LOSSES: dict[str, Callable[..., Any]] = {"ppo_clip": ppo_clip_loss, "nll": nll_loss}
+"""Loss name -> function ``(LossInputs, **choices) -> (loss, metrics)``."""
+
+LOSS_CHOICES: dict[str, tuple[str, ...]] = {
+    "ppo_clip": (
+        "clip_low",
+        "clip_high",
+        "aggregation",
+        "ratio_level",
+        "kl_coef",
+        "kl_estimator",
+        "dual_clip_c",
+    ),
+    "nll": (),
+}
+"""Loss name -> the preset fields it takes as keyword arguments."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -28,6 +56,10 @@ class Preset:
 
     advantage: str
     """Key of ``advantages.ADVANTAGE_ESTIMATORS``."""
+    loss: str = "ppo_clip"
+    """Key of ``LOSSES``: the loss function the trainer calls."""
+    ratio_level: str = "token"
+    """Importance ratio per ``"token"`` (PPO) or per ``"sequence"`` (GSPO)."""
     aggregation: str = "token_mean"
     """Key of ``losses.aggregation.AGGREGATIONS``: how the per-token loss is reduced."""
     clip_low: float = 0.2
@@ -38,6 +70,8 @@ class Preset:
     """Weight of the per-token KL to the reference model; 0 needs no reference model."""
     kl_estimator: str = "k3"
     """Key of ``kl.KL_ESTIMATORS``, used when ``kl_coef != 0``."""
+    dual_clip_c: float | None = None
+    """Dual-clip constant (> 1) bounding the loss of negative advantages; None: off."""
     filter_all_equal_groups: bool = False
     """Whether the scheduler drops groups whose rewards are all equal (zero advantage,
     so no gradient), as in DAPO's dynamic sampling."""
@@ -45,19 +79,38 @@ class Preset:
     """One line on the algorithm and its paper."""
 
     def __post_init__(self) -> None:
-        checks = (
-            ("advantage", self.advantage, ADVANTAGE_ESTIMATORS),
-            ("aggregation", self.aggregation, AGGREGATIONS),
-            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
-        )
-        for key, value, valid in checks:
-            if value not in valid:
-                raise ValueError(f"Preset.{key}={value!r} unknown; valid: {sorted(valid)}")
-        if not (0.0 <= self.clip_low < 1.0 and self.clip_high >= 0.0 and self.kl_coef >= 0.0):
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
-                "Preset needs 0 <= clip_low < 1, clip_high >= 0 and kl_coef >= 0, got "
-                f"{self.clip_low}, {self.clip_high}, {self.kl_coef}"
+                f"advantage={self.advantage!r} unknown; valid: {sorted(ADVANTAGE_ESTIMATORS)}"
             )
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r} unknown; valid: {sorted(LOSSES)}")
+        check_ppo_choices(
+            self.clip_low,
+            self.clip_high,
+            self.aggregation,
+            self.ratio_level,
+            self.kl_coef,
+            self.kl_estimator,
+        )
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
+            raise ValueError(f"dual_clip_c must be > 1 or None, got {self.dual_clip_c}")
+
+    @property
+    def group_relative(self) -> bool:
+        """True when the advantage compares episodes of one group (needs n_samples >= 2)."""
+        return self.advantage in GROUP_ESTIMATORS
+
+    def loss_fn(self, *, max_len: int | None = None) -> LossFn:
+        """The preset's loss with its choices bound: ``fn(LossInputs) -> (loss, metrics)``.
+
+        Args:
+            max_len: the generation budget, Dr.GRPO's constant length divisor.
+        """
+        choices = {k: getattr(self, k) for k in LOSS_CHOICES[self.loss]}
+        if "aggregation" in choices:
+            choices["max_len"] = max_len
+        return functools.partial(LOSSES[self.loss], **choices)
 
 
 PRESETS: dict[str, Preset] = {
@@ -66,6 +119,7 @@ PRESETS: dict[str, Preset] = {
     "grpo": Preset(
         advantage="group_mean_std",
         aggregation="token_mean",
+        kl_coef=0.1,
         description="GRPO (Shao et al. 2024, arXiv:2402.03300), token-mean loss.",
     ),
     "dr_grpo": Preset(
@@ -96,6 +150,10 @@ PRESETS: dict[str, Preset] = {
 """Preset name -> choices."""
 
 
+GROUP_ESTIMATORS = frozenset({"group_mean_std", "group_mean", "rloo"})
+"""Estimators that compare the episodes of one group."""
+
+
 def get_preset(name: str) -> Preset:
     """Look up a preset by name.
 
@@ -111,3 +169,17 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def resolve_preset(name: str, **overrides: Any) -> Preset:
+    """The preset ``name`` with the choices the user set (non-None values) replaced.
+
+    Raises:
+        ValueError: for an unknown preset, an unknown choice or an invalid value.
+    """
+    preset = get_preset(name)
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown preset choices {unknown}; valid: {sorted(fields)}")
+    return dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})

@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from areal_env.trainers.algorithms.losses.base import LossFn
 from areal_env.types import EpisodeBatch
 
 BACKENDS = ("torch",)
@@ -59,16 +60,16 @@ class TrainConfig:
 class TrainBackend(Protocol):
     """What the trainer needs from a model + optimizer holder."""
 
-    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, L] logprob of each token given its prefix (0 at position 0), no grad."""
-        ...
-
     def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
-        """One PPO-style update on ``rows`` of ``batch``; returns metrics."""
+        """One PPO-style update on ``rows`` (indices into ``batch.row_refs()``); metrics."""
         ...
 
     def weights_for_sync(self) -> dict[str, torch.Tensor]:
-        """Full (unsharded) state dict to push to inference engines."""
+        """Full (unsharded) state dict to push to in-process inference engines."""
+        ...
+
+    def save_weights(self, path: str) -> None:
+        """Write the policy's full weights in HF format under ``path`` (for servers)."""
         ...
 
     def save(self, path: str) -> None:
@@ -80,57 +81,50 @@ class TrainBackend(Protocol):
         ...
 
 
-class LossFn(Protocol):
-    """Loss over one micro-batch, returning (loss, metrics)."""
-
-    def __call__(
-        self,
-        logprobs: torch.Tensor,
-        old_logprobs: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        *,
-        ref_logprobs: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Args are [B, T] except advantages [B]."""
-        ...
+def _scaled_log_softmax(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits[:, :-1] / T)`` with T a float or one value per row ``[B]``."""
+    t = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
+    t = torch.where(t > 0, t, torch.ones_like(t))  # greedy (T=0) is scored at 1
+    if t.dim() == 1:
+        t = t.view(-1, 1, 1)
+    return torch.log_softmax(logits[:, :-1].float() / t, dim=-1)
 
 
 def gather_token_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float | torch.Tensor
 ) -> torch.Tensor:
     """Logprob of each token under the model's prediction from the previous position.
 
     Args:
         logits: [B, L, V] model outputs.
         input_ids: [B, L] the tokens.
-        temperature: sampling temperature the behaviour policy used (0 = greedy, scored at 1).
+        temperature: the temperature each row was sampled at: a float, or [B] (a
+            row of 0, greedy, is scored at 1).
 
     Returns:
         [B, L] with 0 at position 0 (nothing predicts the first token).
     """
-    t = temperature if temperature > 0 else 1.0
-    logp = torch.log_softmax(logits[:, :-1].float() / t, dim=-1)
+    logp = _scaled_log_softmax(logits, temperature)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return torch.nn.functional.pad(picked, (1, 0), value=0.0)
 
 
-def masked_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
-    """Mean entropy of the sampling distribution at the generated positions.
+def masked_entropy_sum(
+    logits: torch.Tensor, mask: torch.Tensor, temperature: float | torch.Tensor
+) -> float:
+    """Summed entropy of the sampling distribution at the generated positions.
 
     Args:
         logits: [B, L, V]; position t-1 predicts token t.
         mask: [B, L] 1 on generated tokens.
-        temperature: the behaviour policy's temperature (0 = greedy, scored at 1).
+        temperature: as in :func:`gather_token_logprobs`.
 
     Returns:
-        The token-mean entropy in nats (0.0 when nothing is masked). A falling
-        entropy is RL sharpening the policy; a rising one often means negative
-        advantages are spreading probability onto junk tokens.
+        The entropy in nats summed over masked tokens; divide by the token count.
+        A falling entropy is RL sharpening the policy; a rising one often means
+        negative advantages are spreading probability onto junk tokens.
     """
     with torch.no_grad():
-        t = temperature if temperature > 0 else 1.0
-        logp = torch.log_softmax(logits[:, :-1].float() / t, dim=-1)
+        logp = _scaled_log_softmax(logits, temperature)
         ent = -(logp.exp() * logp).sum(-1)
-        m = mask[:, 1:].to(ent.device)
-        return float((ent * m).sum() / m.sum().clamp(min=1.0))
+        return float((ent * mask[:, 1:].to(ent.device)).sum())

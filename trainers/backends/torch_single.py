@@ -2,9 +2,11 @@
 
 ``train_step`` splits the rows it is given into ``ppo_minibatches`` minibatches
 and takes one optimizer step per minibatch, accumulating gradients over
-micro-batches of ``micro_batch_size`` rows. The loss of a minibatch is the
-row-weighted mean of its micro-batch losses, so micro-batching does not change
-the gradient of a token-mean loss beyond float rounding.
+micro-batches of ``micro_batch_size`` rows. Every micro-batch's loss is
+normalised by the token and sequence counts of its whole minibatch
+(``LossInputs.num_tokens`` / ``num_sequences``), so the accumulated gradient is
+the minibatch's gradient whatever the micro-batch size (a test compares them).
+Each row is scored at the temperature its sample was drawn with.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from areal_env.trainers.algorithms.losses.base import LossFn, LossInputs
 from areal_env.trainers.backends.base import (
-    LossFn,
     TrainConfig,
     gather_token_logprobs,
-    masked_entropy,
+    masked_entropy_sum,
 )
 from areal_env.trainers.backends.prefix_sharing import forward_logits
 from areal_env.types import EpisodeBatch, PaddedBatch
@@ -31,7 +33,6 @@ class TorchBackend:
         model: a HF causal LM, already on its device.
         config: optimisation settings.
         pad_id: token id used to pad rows.
-        temperature: the behaviour policy's sampling temperature.
         ref_model: optional frozen reference model for a KL penalty.
     """
 
@@ -41,13 +42,11 @@ class TorchBackend:
         config: TrainConfig,
         *,
         pad_id: int,
-        temperature: float = 1.0,
         ref_model: torch.nn.Module | None = None,
     ) -> None:
         self.model = model
         self.config = config
         self.pad_id = pad_id
-        self.temperature = temperature
         self.ref_model = ref_model
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(
@@ -67,6 +66,7 @@ class TorchBackend:
         attention_mask: torch.Tensor,
         model: torch.nn.Module | None = None,
         *,
+        temperatures: torch.Tensor | float = 1.0,
         loss_mask: torch.Tensor | None = None,
         group_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -75,8 +75,17 @@ class TorchBackend:
         With ``loss_mask`` and ``group_index`` (and ``share_prompt_prefix``), rows
         of a group share their prompt's forward, and only the positions the loss
         mask marks are guaranteed exact (the others are not computed).
+
+        Args:
+            input_ids: [B, L] right-padded rows.
+            attention_mask: [B, L] 1 on real tokens.
+            model: the model to score with; the policy when None.
+            temperatures: [B] (or one float) temperature each row was sampled at.
+            loss_mask: [B, L] the positions that must be exact.
+            group_index: [B] rows that may share a prompt.
         """
         model = model or self.model
+        temps = torch.as_tensor(temperatures, dtype=torch.float32).expand(input_ids.shape[0])
         out = torch.zeros(input_ids.shape, dtype=torch.float32)
         with torch.no_grad():
             for sl in self._micro_slices(input_ids.shape[0]):
@@ -88,7 +97,7 @@ class TorchBackend:
                     None if loss_mask is None else loss_mask[sl],
                     None if group_index is None else group_index[sl],
                 )
-                out[sl] = gather_token_logprobs(logits, ids, self.temperature).cpu()
+                out[sl] = gather_token_logprobs(logits, ids, temps[sl]).cpu()
         return out
 
     def _logits(
@@ -106,7 +115,7 @@ class TorchBackend:
         return forward_logits(model, ids, attn, loss_mask, group_index, pad_id=self.pad_id)
 
     def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
-        """One update over ``rows`` (indices into ``batch.trajectories``).
+        """One update over ``rows`` (indices into ``batch.row_refs()``).
 
         Rows are usually those with a non-zero advantage: a group whose rewards
         are all equal carries no gradient and is skipped by the caller.
@@ -120,6 +129,7 @@ class TorchBackend:
                 padded.input_ids,
                 padded.attention_mask,
                 self.ref_model,
+                temperatures=padded.temperatures,
                 loss_mask=padded.loss_mask,
                 group_index=padded.group_index,
             )
@@ -135,42 +145,59 @@ class TorchBackend:
         stats["train/rows"] = float(len(rows))
         return stats
 
+    def accumulate_gradients(
+        self,
+        padded: PaddedBatch,
+        idx: torch.Tensor,
+        ref: torch.Tensor | None,
+        loss_fn: LossFn,
+    ) -> dict[str, float]:
+        """Backward the loss of minibatch ``idx`` micro-batch by micro-batch; its metrics.
+
+        Gradients are added to ``.grad`` (no optimizer step): the sum over
+        micro-batches is the minibatch's gradient, because every micro-batch is
+        normalised by the minibatch's token and sequence counts.
+        """
+        mask = padded.loss_mask[idx]
+        num_tokens = float(mask.sum())
+        num_sequences = float((mask.sum(-1) > 0).sum())
+        stats: dict[str, float] = {}
+        entropy = 0.0
+        for sl in self._micro_slices(len(idx)):
+            part = idx[sl]
+            ids = padded.input_ids[part].to(self.device)
+            part_mask = padded.loss_mask[part]
+            temps = padded.temperatures[part].to(self.device)
+            logits = self._logits(
+                self.model, ids, padded.attention_mask[part], part_mask, padded.group_index[part]
+            )
+            # Position t scores token t; the mask marks generated tokens.
+            inputs = LossInputs(
+                logprobs=gather_token_logprobs(logits, ids, temps),
+                behaviour_logprobs=padded.logprobs[part].to(self.device),
+                advantages=padded.advantages[part].to(self.device),
+                loss_mask=part_mask.to(self.device),
+                ref_logprobs=None if ref is None else ref[part].to(self.device),
+                versions=padded.versions[part].to(self.device),
+                num_tokens=num_tokens,
+                num_sequences=num_sequences,
+            )
+            loss, metrics = loss_fn(inputs)
+            loss.backward()
+            entropy += masked_entropy_sum(logits, part_mask, temps)
+            for k, v in metrics.items():
+                stats[k] = stats.get(k, 0.0) + v
+        stats["train/entropy"] = entropy / max(num_tokens, 1.0)
+        return stats
+
     def _minibatch_step(
         self, padded: PaddedBatch, idx: torch.Tensor, ref: torch.Tensor | None, loss_fn: LossFn
     ) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        stats: dict[str, float] = {}
-        total = len(idx)
-        for sl in self._micro_slices(total):
-            part = idx[sl]
-            ids = padded.input_ids[part].to(self.device)
-            logits = self._logits(
-                self.model,
-                ids,
-                padded.attention_mask[part],
-                padded.loss_mask[part],
-                padded.group_index[part],
-            )
-            logp = gather_token_logprobs(logits, ids, self.temperature)
-            # Position t scores token t; the mask marks generated tokens.
-            loss, metrics = loss_fn(
-                logp,
-                padded.logprobs[part].to(self.device),
-                padded.advantages[part].to(self.device),
-                padded.loss_mask[part].to(self.device),
-                ref_logprobs=None if ref is None else ref[part].to(self.device),
-            )
-            weight = len(part) / total
-            (loss * weight).backward()
-            metrics["train/entropy"] = masked_entropy(
-                logits, padded.loss_mask[part], self.temperature
-            )
-            for k, v in metrics.items():
-                stats[k] = stats.get(k, 0.0) + v * weight
-        norm = self._clip_grad()
+        stats = self.accumulate_gradients(padded, idx, ref, loss_fn)
+        stats["train/grad_norm"] = self._clip_grad()
         self.optimizer.step()
         self.lr_schedule.step()
-        stats["train/grad_norm"] = norm
         return stats
 
     def _clip_grad(self) -> float:
@@ -185,6 +212,10 @@ class TorchBackend:
     def weights_for_sync(self) -> dict[str, torch.Tensor]:
         """The policy's state dict (tensors are shared, not copied)."""
         return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def save_weights(self, path: str) -> None:
+        """The policy's weights as an HF folder (safetensors + config), for servers."""
+        self.model.save_pretrained(Path(path))
 
     def save(self, path: str) -> None:
         """Model in HF format plus optimizer and LR-schedule state."""
