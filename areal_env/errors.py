@@ -4,7 +4,8 @@ A bad rollout is data, not a crash. Code anywhere below the rollout layer raises
 one of these; ``rollout/episode.py`` is the one place that catches them and turns
 them into a retried, dropped or penalised episode plus a counter in the metrics.
 The hierarchy is flat on purpose: catch ``EpisodeError`` for "this episode failed"
-and a subclass when the kind of failure changes what to do.
+and a subclass when the kind of failure changes what to do. A class lives here
+only while some code raises it; tool and env families add theirs when they do.
 
 Configuration mistakes are not episode errors: they raise ``ValueError`` naming
 the offending key at start-up.
@@ -24,14 +25,6 @@ class EpisodeError(Exception):
     """Base class: something made one episode fail; the run itself goes on."""
 
 
-class ToolError(EpisodeError):
-    """A tool raised, timed out or returned something unusable while an env ran it.
-
-    Envs usually report this back to the model as a tool message instead; it is
-    raised when the failure cannot be shown to the model (e.g. the sandbox died).
-    """
-
-
 class ToolCallParseError(EpisodeError):
     """The model's output could not be turned into a tool call.
 
@@ -48,15 +41,6 @@ class InferenceError(EpisodeError):
     """
 
 
-class EnvError(EpisodeError):
-    """An environment failed while resetting or stepping.
-
-    Raised for the env's own faults: corrupt task data, a backend it depends on
-    (retriever, database, user simulator) being unavailable, or an internal bug.
-    Misuse by the caller (stepping before reset) raises Gymnasium's errors instead.
-    """
-
-
 class RewardError(EpisodeError):
     """The reward of a finished episode could not be computed.
 
@@ -66,10 +50,8 @@ class RewardError(EpisodeError):
 
 
 __all__ = [
-    "EnvError",
     "EpisodeError",
     "InferenceError",
     "RewardError",
     "ToolCallParseError",
-    "ToolError",
 ]

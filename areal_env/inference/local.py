@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import numbers
 from collections import deque
 from collections.abc import Collection
@@ -35,6 +36,7 @@ from typing import Any, cast
 
 import torch
 
+from areal_env.errors import InferenceError
 from areal_env.inference.engine import WeightTransport
 from areal_env.inference.kv_cache import KVBatch
 from areal_env.inference.sampling import sample_next_tokens
@@ -44,6 +46,8 @@ from areal_env.types import (
     GenerationResult,
     WeightUpdate,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -357,9 +361,14 @@ class LocalEngine:
         return admitted
 
     def _fail_step(self, error: BaseException) -> None:
+        # An episode error for each request of the step (their episodes are retried);
+        # the traceback is logged once here, not once per episode.
+        logger.error("LocalEngine step failed for %d requests", len(self._in_step), exc_info=error)
         for row in self._in_step:
             if not row.future.done():
-                row.future.set_exception(error)
+                failure = InferenceError(f"local engine step failed: {error!r}")
+                failure.__cause__ = error
+                row.future.set_exception(failure)
         self._running, self._in_step = _Running(), []
         self._idle.set()
 

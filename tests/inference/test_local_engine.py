@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from areal_env.errors import InferenceError
 from areal_env.inference.engine import InferenceEngine
 from areal_env.inference.kv_cache import KVBatch
 from areal_env.inference.local import LocalEngine, LocalEngineConfig
@@ -425,7 +426,8 @@ async def test_step_errors_reach_every_waiting_request(model_tok):
     results = await asyncio.gather(
         *(eng.agenerate(req(tok, p)) for p in PROMPTS[:3]), return_exceptions=True
     )
-    assert all(isinstance(r, RuntimeError) and "simulated" in str(r) for r in results)
+    # An episode error (retried by the rollout layer), naming the cause.
+    assert all(isinstance(r, InferenceError) and "simulated" in str(r) for r in results)
     flaky.fail = False
     assert (await eng.agenerate(req(tok, PROMPTS[0]))).num_output_tokens == 12
     await eng.close()
@@ -466,3 +468,43 @@ def test_engine_survives_successive_event_loops(model_tok):
     second = asyncio.run(eng.agenerate(req(tok, PROMPTS[0])))
     assert first.output_ids == second.output_ids
     asyncio.run(eng.close())
+
+
+async def test_abort_ends_running_and_queued_requests_with_their_tokens_so_far(model_tok):
+    model, tok = model_tok
+    long = SamplingParams(max_new_tokens=200, temperature=0.0)
+    engine = LocalEngine(model, tok, LocalEngineConfig(max_batch_size=1))
+    try:
+        running = asyncio.create_task(engine.agenerate(req(tok, PROMPTS[0], long)))
+        queued = asyncio.create_task(engine.agenerate(req(tok, PROMPTS[1], long)))
+        await until(lambda: engine.num_running == 1 and engine.num_waiting == 1)
+        await until(lambda: len(engine._running.rows[0].output_ids) >= 2)
+        assert await engine.abort() == 2
+        first, second = await running, await queued
+        assert first.finish_reason == second.finish_reason == "abort"
+        assert 2 <= first.num_output_tokens < 200 and second.num_output_tokens == 0
+        assert len(first.output_logprobs) == len(first.output_versions) == first.num_output_tokens
+        # The engine goes on serving; the aborted prefix continues the same greedy text.
+        again = await engine.agenerate(req(tok, PROMPTS[0], GREEDY))
+        assert again.output_ids[: first.num_output_tokens] == first.output_ids[:12]
+        assert engine.num_running == engine.num_waiting == 0
+    finally:
+        await engine.close()
+
+
+async def test_abort_by_id_leaves_the_other_requests_running(engine, model_tok):
+    _, tok = model_tok
+    keep = req(tok, PROMPTS[0])
+    drop = req(tok, PROMPTS[1], SamplingParams(max_new_tokens=200, temperature=0.0))
+    tasks = [asyncio.create_task(engine.agenerate(r)) for r in (keep, drop)]
+    await until(lambda: engine.num_running == 2)
+    assert await engine.abort([drop.request_id]) == 1
+    kept, dropped = await asyncio.gather(*tasks)
+    assert dropped.finish_reason == "abort" and dropped.num_output_tokens < 200
+    assert kept.finish_reason == "length" and kept.num_output_tokens == 12
+    assert await engine.abort(["no-such-request"]) == 0
+
+
+def test_engine_takes_state_dicts_and_folders(model_tok):
+    model, tok = model_tok
+    assert LocalEngine(model, tok).weight_transports == ("state_dict", "disk")

@@ -127,11 +127,11 @@ async def test_base_exceptions_from_the_episode_propagate(exc_type: type) -> Non
 
 def test_failure_stats_count_by_kind_and_reset() -> None:
     stats = FailureStats()
-    stats.record(EpisodeOutcome(trajectory=Trajectory(), attempts=2, errors=("EnvError",)))
-    stats.record(EpisodeOutcome(trajectory=None, attempts=2, errors=("timeout", "EnvError")))
+    stats.record(EpisodeOutcome(trajectory=Trajectory(), attempts=2, errors=("RewardError",)))
+    stats.record(EpisodeOutcome(trajectory=None, attempts=2, errors=("timeout", "RewardError")))
     assert stats.as_metrics() == {
         "rollout/failed_episodes": 1.0,
-        "rollout/errors/EnvError": 2.0,
+        "rollout/errors/RewardError": 2.0,
         "rollout/errors/timeout": 1.0,
     }
     stats.reset()

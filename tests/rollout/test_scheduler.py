@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from areal_env.errors import EnvError
+from areal_env.errors import RewardError
 from areal_env.rollout.grouping import task_seed_for
 from areal_env.rollout.scheduler import RolloutConfig, RolloutScheduler
 from areal_env.types import Trajectory
@@ -55,7 +55,7 @@ class GatedEpisodes:
         finally:
             self.in_flight -= 1
         if self.fail(task_seed, sample_index, attempt):
-            raise EnvError(f"seed={task_seed} sample={sample_index} attempt={attempt}")
+            raise RewardError(f"seed={task_seed} sample={sample_index} attempt={attempt}")
         return Trajectory(
             input_ids=[1, 2, 3],
             loss_mask=[0, 1, 1],
@@ -187,7 +187,7 @@ async def test_failed_member_drops_its_group_and_is_counted() -> None:
     assert len(first.groups) == 2  # the dropped group's slots were refilled
     assert first.stats["rollout/dropped_groups"] == 1.0
     assert first.stats["rollout/failed_episodes"] == 1.0
-    assert first.stats["rollout/errors/EnvError"] == 2.0  # both attempts
+    assert first.stats["rollout/errors/RewardError"] == 2.0  # both attempts
     assert second.stats["rollout/dropped_groups"] == 0.0  # counts are per batch
     assert fake.attempts[(seed0, 1)] == 2
     assert scheduler.state_dict()["totals"]["dropped_groups"] == 1
@@ -202,7 +202,7 @@ async def test_transient_failure_is_retried_and_the_group_kept() -> None:
     assert groups_in(batch) == [0, 1]
     assert batch.stats["rollout/dropped_groups"] == 0.0
     assert batch.stats["rollout/failed_episodes"] == 0.0
-    assert batch.stats["rollout/errors/EnvError"] == 1.0
+    assert batch.stats["rollout/errors/RewardError"] == 1.0
 
 
 async def test_timed_out_member_drops_its_group() -> None:
