@@ -1,21 +1,29 @@
-r"""Math answer reward with HuggingFace Math-Verify, guarded and cached.
+r"""Math answer reward with HuggingFace Math-Verify, in a process pool, cached.
 
 ``math_reward(response, gold)`` is 1.0 when Math-Verify finds the response's
 final answer equal to the gold one (``\boxed{85}``, ``85`` and ``85.0`` all match
-``85``), else 0.0. It never raises and never hangs, from any thread:
+``85``), else 0.0; a response Math-Verify cannot parse scores 0.0 too, as that
+is a verdict. A check that cannot give a verdict raises
+:class:`~areal_env.errors.RewardError` instead, because a broken verifier must
+not read as a wrong answer: the check ran past its timeout, or its worker
+process crashed or could not start. It never hangs, from any thread:
 
 - Math-Verify's own timeouts use ``signal.alarm``, which only works in the main
   thread, while RL rewards run in worker threads (``asyncio.to_thread``). Worse,
   an answer such as ``9^9^9^9`` sends SymPy into a single C-level integer power
   that holds the GIL, which neither a signal nor a watchdog thread can interrupt.
-  So the checks run in verifier subprocesses (``python -m
-  areal_env.rewards.math_verify``, a JSON-lines loop, started on first use and
-  reused); a check that runs past ``timeout_s`` scores 0.0 and its process is
-  killed and restarted.
+  So the checks run in a small ``pebble.ProcessPool`` (``NUM_WORKERS``
+  processes, started on first use); pebble kills a check that runs past
+  ``timeout_s`` and replaces its worker, and so it does for a worker that dies.
+- The workers are fresh interpreters that import only this module and
+  Math-Verify (about a second to start). They are not forks, since the trainer
+  holds torch and its threads. Nor do they re-run the parent's ``__main__``,
+  which multiprocessing's spawn normally does and which would import the
+  trainer script and torch in each of them.
 - Only the last ``MAX_RESPONSE_CHARS`` characters are parsed (final answers come
   last), which bounds the cost of Math-Verify's regexes on long garbage.
-- Results are memoised on ``(response, gold)`` in an LRU cache: a small policy
-  repeats the same outputs thousands of times during RL.
+- Verdicts are memoised on ``(response, gold)`` in an LRU cache: a small policy
+  repeats the same outputs thousands of times during RL. Errors are not cached.
 
 Example:
     >>> math_reward("so the answer is \\boxed{85}", "85")
@@ -29,19 +37,19 @@ Example:
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import decimal
 import functools
-import json
 import logging
+import multiprocessing.context
+import multiprocessing.spawn
 import os
-import queue
 import re
-import select
-import subprocess
-import sys
 import threading
-from pathlib import Path
-from typing import IO, cast
+from collections.abc import Callable
+from typing import Any
+
+from pebble import ProcessExpired, ProcessPool
 
 from areal_env.errors import RewardError
 
@@ -51,18 +59,19 @@ MAX_RESPONSE_CHARS = 4096
 """Only this many trailing characters of a response are parsed."""
 
 DEFAULT_TIMEOUT_S = 5.0
-"""Seconds one uncached check may take before it scores 0.0."""
+"""Seconds one uncached check may run before it raises RewardError."""
 
 STARTUP_TIMEOUT_S = 120.0
-"""Seconds a verifier process may take to import Math-Verify and say it is ready."""
+"""Seconds a check may wait for a worker to start and take it, beyond its own timeout."""
 
 NUM_WORKERS = min(4, os.cpu_count() or 1)
-"""Verifier processes at most; each starts only when concurrent calls need it."""
+"""Verifier processes in the pool, all started on first use."""
 
 CACHE_SIZE = 1 << 16
 """Entries kept by the ``(response, gold)`` LRU cache."""
 
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+WORKER_NAME = "areal-math-verify"
+"""The ``multiprocessing`` name of the verifier processes."""
 
 
 # No leading "+": Math-Verify does not read "+12" as 12, and we must agree with it.
@@ -92,7 +101,8 @@ def instant_math_reward(response: str, gold: str) -> float | None:
     """The reward when it needs no verifier call (both sides bare numbers), else None.
 
     Cheap enough for the event loop: async callers try this first and only
-    hand the misses to a thread running :func:`math_reward`.
+    hand the misses to a thread running :func:`math_reward`. A response or gold
+    that is not a ``str`` scores 0.0 here.
 
     Example:
         >>> instant_math_reward("85", "85"), instant_math_reward("x = 85", "85")
@@ -107,9 +117,10 @@ def instant_math_reward(response: str, gold: str) -> float | None:
 def math_reward(response: str, gold: str) -> float:
     r"""Score a model response against a gold answer: 1.0 if equivalent, else 0.0.
 
-    Cached on ``(response, gold)``; bad input scores 0.0. Blocks for up to
-    ``DEFAULT_TIMEOUT_S`` on a miss, so call it via ``asyncio.to_thread`` from
-    async code.
+    Verdicts are cached on ``(response, gold)``; input that is not a string,
+    or that Math-Verify cannot parse, scores 0.0. Blocks on a miss (up to
+    ``DEFAULT_TIMEOUT_S`` once a worker has taken the check), so call it via
+    ``asyncio.to_thread`` from async code.
 
     Args:
         response: the model's text; its final answer is extracted by Math-Verify.
@@ -119,8 +130,8 @@ def math_reward(response: str, gold: str) -> float:
         1.0 or 0.0.
 
     Raises:
-        RewardError: only when no verifier process can start (e.g. math-verify
-            is not installed): that must not read as a zero reward.
+        RewardError: the check timed out, its worker crashed, or no worker could
+            start (e.g. math-verify is not installed): none of these is a verdict.
 
     Example:
         >>> math_reward("85.0", "85"), math_reward("garbage ]]{", "85")
@@ -129,184 +140,161 @@ def math_reward(response: str, gold: str) -> float:
     instant = instant_math_reward(response, gold)
     if instant is not None:
         return instant
-    try:
-        return _cached_reward(response, gold)
-    except RewardError:
-        raise
-    except Exception:
-        logger.warning("math_reward failed; scoring 0.0", exc_info=True)
-        return 0.0
+    return _cached_reward(response, gold)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _cached_reward(response: str, gold: str) -> float:
+    # lru_cache stores return values only: a RewardError raised here is not cached.
     return 1.0 if verify_answer(response, gold) else 0.0
 
 
-def verify_answer(response: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+def verify_answer(response: str, gold: str, *, timeout_s: float | None = None) -> bool:
     """Uncached, time-limited check that ``response`` answers ``gold``; thread-safe.
 
     Args:
         response: the model's text (only its last ``MAX_RESPONSE_CHARS`` are parsed).
         gold: the reference answer.
-        timeout_s: how long the check may run before it counts as False.
+        timeout_s: how long the check may run once a worker has taken it;
+            ``DEFAULT_TIMEOUT_S`` when None.
 
     Returns:
-        True when Math-Verify finds the answers equivalent within ``timeout_s``.
+        True when Math-Verify finds the answers equivalent; False when it does
+        not, or cannot parse either side.
 
     Raises:
-        RewardError: no verifier process can start.
+        RewardError: the check ran past ``timeout_s``, its worker crashed, or no
+            worker could start; the message names which and quotes the response.
     """
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     response = response[-MAX_RESPONSE_CHARS:]
-    verdict = _get_pool().check(response, gold, timeout_s)
-    if verdict is None:
-        logger.warning(
-            "math-verify did not answer within %.1fs on a %d-char response "
-            "(timeout or crash); scoring 0.0 and restarting its process",
-            timeout_s,
-            len(response),
-        )
-    return verdict is True
+    try:
+        return _check(response, gold, timeout_s)
+    except RuntimeError as e:  # pebble's BrokenProcessPool, or a pool that already broke
+        # Workers that die while none runs a check break the whole pool; a
+        # fresh one gets a second chance before this counts as a failure.
+        logger.warning("math-verify pool broke (%r); starting a new one", e)
+    try:
+        return _check(response, gold, timeout_s)
+    except RuntimeError as e:
+        raise RewardError(
+            f"math-verify workers crashed or could not start ({e!r}; is math-verify "
+            f"installed?) while checking {_excerpt(response)}"
+        ) from e
 
 
-def _verify_unguarded(response: str, gold: str) -> bool:
+def _check(response: str, gold: str, timeout_s: float) -> bool:
+    future = _get_pool().schedule(_verify_in_worker, (response, gold), timeout=timeout_s)
+    try:
+        return future.result(timeout=STARTUP_TIMEOUT_S + timeout_s)
+    except concurrent.futures.TimeoutError as e:
+        if future.done():  # pebble's timeout: it has killed the worker
+            raise RewardError(
+                f"math-verify timed out after {timeout_s:g}s on {_excerpt(response)}"
+            ) from e
+        future.cancel()
+        raise RewardError(
+            f"no math-verify worker took the check within {STARTUP_TIMEOUT_S:g}s "
+            f"({_excerpt(response)})"
+        ) from e
+    except ProcessExpired as e:
+        raise RewardError(
+            f"the math-verify worker crashed (exit code {e.exitcode}) on {_excerpt(response)}"
+        ) from e
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    """``a 1234-char response '...'``, the middle of a long text cut out."""
+    shown = text if len(text) <= limit else f"{text[: limit // 4]}...{text[-limit * 3 // 4 :]}"
+    return f"a {len(text)}-char response {shown!r}"
+
+
+def _start_worker() -> None:
+    """Pool initializer: import Math-Verify before taking checks, so no timeout pays for it."""
+    import math_verify  # noqa: F401  (an ImportError here fails the worker, visibly)
+
+    logging.disable(logging.CRITICAL)  # Math-Verify logs every parse failure
+
+
+def _verify_in_worker(response: str, gold: str) -> bool:
+    """Runs in a verifier process: Math-Verify's verdict, False when it cannot parse."""
     import math_verify
 
-    gold_parsed = math_verify.parse(gold, parsing_timeout=None)
-    if not gold_parsed:
+    try:
+        gold_parsed = math_verify.parse(gold, parsing_timeout=None)
+        if not gold_parsed:
+            return False
+        parsed = math_verify.parse(response, parsing_timeout=None)
+        return bool(parsed) and bool(math_verify.verify(gold_parsed, parsed, timeout_seconds=None))
+    except Exception:  # e.g. RecursionError on deeply nested LaTeX: unparsable
         return False
-    parsed = math_verify.parse(response, parsing_timeout=None)
-    return bool(parsed) and bool(math_verify.verify(gold_parsed, parsed, timeout_seconds=None))
 
 
-class _Worker:
-    """One verifier subprocess, started on first use and after a timeout or crash."""
+class _VerifierProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process named ``WORKER_NAME``, which :func:`_preparation_data` spots."""
 
-    def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def check(self, response: str, gold: str, timeout_s: float) -> bool | None:
-        """The verdict, or None when the process timed out or died (it is then killed)."""
-        proc = self._started()
-        try:
-            stdin, stdout = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stdout)
-            stdin.write(json.dumps([response, gold]).encode() + b"\n")
-            stdin.flush()
-            line = _read_line(stdout, timeout_s)
-        except OSError:
-            line = b""
-        if line in (b"true\n", b"false\n"):
-            return line == b"true\n"
-        self.kill()
-        return None
-
-    def _started(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
-        # cwd is the package root: `python -m` puts cwd first on sys.path, and
-        # from inside areal_env/rewards/ `import math_verify` would find this file.
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p
-            ),
-        }
-        command = [sys.executable, "-m", __name__]
-        try:
-            self._proc = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                cwd=_PACKAGE_ROOT,
-                env=env,
-            )
-        except OSError as e:
-            raise RewardError(f"cannot start the math-verify worker {command}: {e}") from e
-        if _read_line(cast(IO[bytes], self._proc.stdout), STARTUP_TIMEOUT_S) != b"ready\n":
-            try:  # EOF: the worker died; reap it so its exit code is known
-                exit_code: int | None = self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                exit_code = None
-            self.kill()
-            raise RewardError(
-                f"the math-verify worker {command} did not start (exit code {exit_code}, "
-                f"waited up to {STARTUP_TIMEOUT_S:.0f}s); is math-verify installed?"
-            )
-        return self._proc
-
-    def kill(self) -> None:
-        """Stop the process now; the next check starts a new one."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    pipe.close()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = WORKER_NAME
 
 
-def _read_line(stream: IO[bytes], timeout_s: float) -> bytes:
-    # One request is in flight per process, so after select() the whole reply
-    # line is either there or on its way; b"" means timeout or EOF.
-    ready, _, _ = select.select([stream], [], [], timeout_s)
-    return stream.readline() if ready else b""
+class _VerifierContext(multiprocessing.context.SpawnContext):
+    """The spawn context, making :class:`_VerifierProcess` processes."""
+
+    Process = _VerifierProcess
 
 
-class _WorkerPool:
-    """Lends workers to threads, most recently used first so idle ones stay cold."""
-
-    def __init__(self, size: int) -> None:
-        self.pid = os.getpid()
-        self._workers = [_Worker() for _ in range(size)]
-        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
-        for worker in self._workers:
-            self._idle.put(worker)
-
-    def check(self, response: str, gold: str, timeout_s: float) -> bool | None:
-        """Run one check on an idle worker, waiting for one if all are busy."""
-        worker = self._idle.get()
-        try:
-            return worker.check(response, gold, timeout_s)
-        finally:
-            self._idle.put(worker)
-
-    def close(self) -> None:
-        """Kill every worker process."""
-        for worker in self._workers:
-            worker.kill()
+_wrapped_preparation_data: Callable[[str], dict[str, Any]] | None = None
 
 
-_pool: _WorkerPool | None = None
+def _preparation_data(name: str) -> dict[str, Any]:
+    # What a spawned child sets up before unpickling its target. Spawn re-runs the
+    # parent's __main__ there so that functions pickled from __main__ resolve; ours
+    # come from this module, and a trainer's __main__ imports torch.
+    assert _wrapped_preparation_data is not None
+    data = _wrapped_preparation_data(name)
+    if name == WORKER_NAME:
+        data.pop("init_main_from_name", None)
+        data.pop("init_main_from_path", None)
+    return data
+
+
+def _hook_preparation_data() -> None:
+    """Wrap ``multiprocessing.spawn.get_preparation_data`` once (a no-op for other processes)."""
+    global _wrapped_preparation_data
+    if _wrapped_preparation_data is None:
+        _wrapped_preparation_data = multiprocessing.spawn.get_preparation_data
+        multiprocessing.spawn.get_preparation_data = _preparation_data
+
+
+_pool: ProcessPool | None = None
+_pool_pid = 0
 _pool_lock = threading.Lock()
 
 
-def _get_pool() -> _WorkerPool:
-    global _pool
+def _get_pool() -> ProcessPool:
+    """The running pool, started on first use and again after it broke or after a fork."""
+    global _pool, _pool_pid
     with _pool_lock:
-        # A forked child must not share its parent's pipes.
-        if _pool is None or _pool.pid != os.getpid():
-            _pool = _WorkerPool(NUM_WORKERS)
-            atexit.register(_pool.close)
+        if _pool is not None and _pool_pid == os.getpid() and _pool.active:
+            return _pool
+        if _pool is not None and _pool_pid == os.getpid():
+            _stop(_pool)
+        _hook_preparation_data()
+        _pool = ProcessPool(NUM_WORKERS, initializer=_start_worker, context=_VerifierContext())
+        _pool_pid = os.getpid()
         return _pool
 
 
-def _serve() -> None:
-    """Verifier process loop: ``[response, gold]`` JSON lines in, ``true``/``false`` out."""
-    import math_verify  # noqa: F401  (import before "ready" so checks are fast)
+def _stop(pool: ProcessPool) -> None:
+    pool.stop()
+    pool.join()
 
-    logging.disable(logging.CRITICAL)
-    out = sys.stdout.buffer
-    out.write(b"ready\n")
-    out.flush()
-    for line in sys.stdin.buffer:
-        try:
-            response, gold = json.loads(line)
-            ok = _verify_unguarded(response, gold)
-        except Exception:
-            ok = False
-        out.write(b"true\n" if ok else b"false\n")
-        out.flush()
+
+@atexit.register
+def _shutdown() -> None:
+    if _pool is not None and _pool_pid == os.getpid():
+        _stop(_pool)
 
 
 def extract_gsm8k_answer(answer: str) -> str:
@@ -338,11 +326,10 @@ __all__ = [
     "CACHE_SIZE",
     "DEFAULT_TIMEOUT_S",
     "MAX_RESPONSE_CHARS",
+    "NUM_WORKERS",
     "extract_gsm8k_answer",
+    "instant_math_reward",
     "math_reward",
+    "plain_number_verdict",
     "verify_answer",
 ]
-
-
-if __name__ == "__main__":
-    _serve()

@@ -4,7 +4,9 @@ Observation at reset: ``[{"role": "system", ...}?, {"role": "user", "content": p
 where ``prompt = prompt_template.format(question=...)``. The agent answers with one
 assistant message; the episode then terminates with reward 1.0 if Math-Verify
 finds the reply's final answer equal to the gold one, else 0.0, and an empty
-observation.
+observation. When the verifier cannot give a verdict (timeout, crashed worker),
+``step``/``astep`` raise :class:`~areal_env.errors.RewardError`, which the rollout
+layer counts as a failed episode rather than a wrong answer.
 
 Example:
     >>> env = MathEnv(max_operand=9, system_prompt="Answer with a number.")
@@ -50,7 +52,8 @@ class MathEnv(AsyncEnv):
     gives the same task); ``options={"task_index": i}`` picks task ``i`` instead.
     Reset ``info``: ``task_id`` (``"<source>:<index>"``, e.g. ``synthetic-0:17`` or
     ``gsm8k/test:12``), ``task_index`` and ``answer`` (the gold string).
-    Step ``info``: ``correct`` (bool) and ``answer``.
+    Step ``info``: ``correct`` (bool) and ``answer``. A step whose reward cannot
+    be computed raises :class:`~areal_env.errors.RewardError`.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class MathEnv(AsyncEnv):
         reward = instant_score(message["content"], gold)
         if reward is None:
             # Off the event loop: a verifier call can take milliseconds, a bad one seconds.
+            # A RewardError (timeout, crashed verifier) propagates: it is no verdict.
             reward = await asyncio.to_thread(score_response, message["content"], gold)
         return [], reward, True, False, {"correct": reward == 1.0, "answer": gold}
 

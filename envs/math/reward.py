@@ -33,6 +33,10 @@ def score_response(text: str, gold: str) -> float:
     Args:
         text: the assistant message's content.
         gold: the task's answer.
+
+    Raises:
+        RewardError: the verifier timed out, crashed or could not start (see
+            :func:`~areal_env.rewards.math_verify.math_reward`); not a 0.0.
     """
     return math_reward(strip_thinking(text), gold)
 

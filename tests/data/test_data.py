@@ -79,6 +79,21 @@ def test_load_gsm8k_test_split(shared_data: Path) -> None:
     assert all(re.fullmatch(r"-?\d+", t.answer) for t in tasks)
 
 
+def test_load_gsm8k_format_file(tiny_gsm8k: Path) -> None:
+    # The checks above, on invented records in the same format: these run on a plain clone.
+    tasks = load_gsm8k_jsonl(tiny_gsm8k)
+    assert len(tasks) == 3
+    assert tasks[1] == MathTask(
+        "A shop sells 1,200 pens in May and twice as many in June. "
+        "How many pens does it sell in the two months?",
+        "3600",
+        "In June it sells 1,200 * 2 = <<1200*2=2400>>2,400 pens.\n"
+        "In all it sells 1,200 + 2,400 = <<1200+2400=3600>>3,600 pens.\n#### 3,600",
+    )
+    assert tasks[0].question.startswith("Ann\u2019s hens")
+    assert [t.answer for t in tasks] == ["30", "3600", "-3"]
+
+
 def _write(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

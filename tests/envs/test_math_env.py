@@ -10,9 +10,14 @@ import pytest
 from gymnasium.error import InvalidAction, ResetNeeded
 
 import areal_env  # noqa: F401  (registers areal/Math-v0)
+import areal_env.envs.math.env as env_module
 from areal_env.envs.base import AsyncEnv
 from areal_env.envs.math.env import MathEnv
 from areal_env.envs.spaces import ChatMessage, ChatMessages
+from areal_env.errors import RewardError
+from areal_env.rewards import math_verify
+from areal_env.rollout.episode import FailureStats, run_with_retries
+from areal_env.types import Trajectory
 
 
 @pytest.fixture
@@ -61,6 +66,46 @@ async def test_bare_number_answers_skip_the_verifier_thread(monkeypatch) -> None
     assert (await env.astep(f"The answer is {info['answer']}."))[1] == 1.0
     assert len(calls) == 1
     await env.aclose()
+
+
+async def test_a_verifier_timeout_raises_reward_error_out_of_astep(monkeypatch) -> None:
+    monkeypatch.setattr(math_verify, "DEFAULT_TIMEOUT_S", 0.5)
+    env = MathEnv()
+    await env.areset(seed=0)
+    # 9^9^9^9 keeps SymPy busy for minutes: no verdict, so no reward of 0.0 either.
+    with pytest.raises(RewardError, match="timed out"):
+        await env.astep("The answer is 9^9^9^9.")
+    await env.aclose()
+
+
+async def test_a_reward_error_fails_the_episode_visibly(monkeypatch) -> None:
+    def verifier_down(text: str, gold: str) -> float:
+        raise RewardError("the math-verify worker crashed (exit code -9)")
+
+    monkeypatch.setattr(env_module, "score_response", verifier_down)
+
+    async def attempt() -> Trajectory:
+        env = MathEnv()
+        await env.areset(seed=0)
+        _, reward, *_ = await env.astep("The answer is 3.")
+        return Trajectory(reward=reward)
+
+    outcome = await run_with_retries(attempt, max_retries=0)
+    assert outcome.trajectory is None and isinstance(outcome.error, RewardError)
+    stats = FailureStats()
+    stats.record(outcome)
+    assert stats.as_metrics()["rollout/errors/RewardError"] == 1.0
+
+
+def test_a_reward_error_propagates_out_of_sync_step(monkeypatch) -> None:
+    def verifier_down(text: str, gold: str) -> float:
+        raise RewardError("verifier down")
+
+    monkeypatch.setattr(env_module, "score_response", verifier_down)
+    env = MathEnv()
+    env.reset(seed=0)
+    with pytest.raises(RewardError, match="verifier down"):
+        env.step("The answer is 3.")
 
 
 def test_sync_api_through_gym_make() -> None:
@@ -115,6 +160,25 @@ def test_gsm8k_seeded_reset_covers_the_file(gsm8k_test: Path) -> None:
     env = gym.make("areal/Math-v0", dataset=gsm8k_test)
     indices = {env.reset(seed=s)[1]["task_index"] for s in range(20)}
     assert len(indices) > 10 and all(0 <= i < 1319 for i in indices)
+
+
+def test_gsm8k_format_file(tiny_gsm8k: Path) -> None:
+    # The checks above, on invented records in the same format: these run on a plain clone.
+    env = MathEnv(dataset=str(tiny_gsm8k))
+    assert len(env.source) == 3
+    obs, info = env.reset(options={"task_index": 0})
+    assert obs[0]["content"].startswith("Ann\u2019s hens lay 12 eggs a day.")
+    assert info["answer"] == "30"
+    assert info["task_id"] == "gsm8k/test:0"
+    _, reward, _, _, step_info = env.step("She makes $30 every day, so \\boxed{30}.")
+    assert reward == 1.0 and step_info["correct"]
+    _, info = env.reset(options={"task_index": 2})
+    assert info["answer"] == "-3"
+
+
+def test_gsm8k_format_seeded_reset_covers_the_file(tiny_gsm8k: Path) -> None:
+    env = gym.make("areal/Math-v0", dataset=tiny_gsm8k)
+    assert {env.reset(seed=s)[1]["task_index"] for s in range(20)} == {0, 1, 2}
 
 
 @pytest.mark.parametrize(

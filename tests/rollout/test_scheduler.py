@@ -10,7 +10,7 @@ import pytest
 from areal_env.errors import RewardError
 from areal_env.rollout.grouping import task_seed_for
 from areal_env.rollout.scheduler import RolloutConfig, RolloutScheduler
-from areal_env.types import Trajectory
+from areal_env.types import Sample, Trajectory
 
 
 class GatedEpisodes:
@@ -56,11 +56,14 @@ class GatedEpisodes:
             self.in_flight -= 1
         if self.fail(task_seed, sample_index, attempt):
             raise RewardError(f"seed={task_seed} sample={sample_index} attempt={attempt}")
-        return Trajectory(
+        sample = Sample(
             input_ids=[1, 2, 3],
             loss_mask=[0, 1, 1],
             logprobs=[0.0, -0.5, -0.5],
             versions=[-1, version, version],
+        )
+        return Trajectory(
+            samples=[sample],
             reward=self.reward(task_seed, sample_index),
             task_id=str(task_seed),
             info={"sample_index": sample_index},

@@ -88,10 +88,10 @@ def test_resume_after_interrupted_run_continues_from_saved_step(tmp_path, monkey
     out = tmp_path / "run"
     real_push = grpo.push_weights
 
-    async def crash_at_step_3(backend, engine, scheduler, *, version):
+    async def crash_at_step_3(backend, engine, scheduler, *, version, weights_dir=None):
         if version == 3:
             raise KeyboardInterrupt("simulated interruption")
-        await real_push(backend, engine, scheduler, version=version)
+        await real_push(backend, engine, scheduler, version=version, weights_dir=weights_dir)
 
     monkeypatch.setattr(grpo, "push_weights", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
