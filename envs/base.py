@@ -3,7 +3,10 @@
 Environments in areal-env wait on things (a tool sandbox, a retriever, a user
 simulator, a reward verifier), so ``areset``/``astep`` are coroutines and many
 episodes share one event loop. The sync ``reset``/``step`` run those coroutines
-with ``asyncio.run`` so that plain Gymnasium code and ``check_env`` work.
+on an event loop of the env's own so that plain Gymnasium code and ``check_env``
+work. What outlives an episode (an index, a client pool) comes from
+``self.resources``, a :class:`~areal_env.resources.ResourceRegistry` that the
+run owns (the process-wide default one when the env was made without a run).
 
 Subclasses implement two hooks and get the bookkeeping for free::
 
@@ -18,9 +21,16 @@ message dict (a bare string becomes ``{"role": "assistant", "content": s}``).
 
 Note:
     ``gym.make`` wraps envs, and Gymnasium wrappers only forward the sync API:
-    reach the async one with ``env.unwrapped.areset(...)``. Each sync call runs
-    in a fresh event loop, so objects bound to a loop (client sessions, locks)
-    should be created inside the coroutines, not in ``__init__``.
+    reach the async one with ``env.unwrapped.areset(...)``. The sync calls of one
+    env all run on one event loop that the env owns (made on the first sync call,
+    closed by ``close()``), so a client session, lock, task or subprocess opened
+    in ``reset`` still works in ``step``, and ``close()`` runs ``aclose`` on that
+    same loop, even when called inside a running loop (then from a short-lived
+    thread, as a loop cannot block on its own coroutine). Objects bound to a
+    loop work only on it: create them in the coroutines, not in ``__init__``,
+    and drive one env through one API. An env used through the async API is
+    closed with ``await env.aclose()`` on its loop; its sync ``close()`` runs
+    ``aclose`` on a fresh loop.
 
 Example:
     >>> class Echo(AsyncEnv):
@@ -33,12 +43,14 @@ Example:
     [{'role': 'user', 'content': 'say hi'}]
     >>> env.step("hi")[1:4]
     (1.0, True, False)
+    >>> env.close()
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -46,6 +58,7 @@ import gymnasium as gym
 from gymnasium.error import InvalidAction, ResetNeeded
 
 from areal_env.envs.spaces import ChatMessage, ChatMessages
+from areal_env.resources import ResourceRegistry, default_registry
 
 Message = dict[str, Any]
 """An OpenAI-style chat message: ``{"role": ..., "content": ..., ...}``."""
@@ -77,12 +90,30 @@ class AsyncEnv(gym.Env[list[Message], Action]):
         num_steps: steps taken in the current episode.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, resources: ResourceRegistry | None = None) -> None:
+        """Set the chat spaces and the episode state.
+
+        Args:
+            resources: where shared objects come from; None means the
+                process-wide :func:`~areal_env.resources.default_registry`.
+        """
         self.observation_space = ChatMessages()
         self.action_space = ChatMessage(roles=("assistant",), allow_str=True)
         self.num_steps = 0
         self._episode_over = True
         self._has_reset = False
+        self._resources = resources
+        self._runner: asyncio.Runner | None = None  # the sync API's loop, made lazily
+        self._runner_finalizer: weakref.finalize | None = None
+
+    @property
+    def resources(self) -> ResourceRegistry:
+        """Objects shared across envs and episodes (an index, a client pool).
+
+        Resolved on each access when None was given, so an env outlives a
+        default registry that was closed and replaced.
+        """
+        return self._resources if self._resources is not None else default_registry()
 
     # ---- stop predicates -------------------------------------------------------------
 
@@ -174,15 +205,30 @@ class AsyncEnv(gym.Env[list[Message], Action]):
     def close(self) -> None:
         """Sync form of :meth:`aclose`; safe to call anywhere, even inside an event loop.
 
-        Cleanup must never be skipped (Gymnasium wrappers and ``__del__`` call
-        ``close()`` wherever they are), so inside a running loop the coroutine
-        runs to completion on a short-lived thread with its own loop.
+        ``aclose`` runs on the env's own loop when sync calls made one (what they
+        opened is bound to it), then that loop is closed; otherwise on a fresh
+        loop. Cleanup must never be skipped (Gymnasium wrappers call ``close()``
+        wherever they are), so inside a running loop, which cannot block on a
+        coroutine of its own, it runs to completion on a short-lived thread.
+        Safe to call twice; a later sync call makes a new loop.
         """
+        runner, self._runner = self._runner, None
+        if runner is None:
+            runner = _new_runner()
+        elif self._runner_finalizer is not None:
+            self._runner_finalizer.detach()
+
+        def aclose_then_close_loop() -> None:
+            try:
+                runner.run(self.aclose())
+            finally:
+                runner.close()
+
         if not running_loop_exists():
-            asyncio.run(self.aclose())
+            aclose_then_close_loop()
             return
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, self.aclose()).result()
+            pool.submit(aclose_then_close_loop).result()
 
     def _run_sync(self, name: str, make_coro: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         # The coroutine is created only after the check, so refusing leaves no
@@ -193,7 +239,25 @@ class AsyncEnv(gym.Env[list[Message], Action]):
                 f"loop; use `await env.a{name}(...)` there (via gym.make: "
                 f"`await env.unwrapped.a{name}(...)`)"
             )
-        return asyncio.run(make_coro())
+        if self._runner is None:
+            self._runner = _new_runner()
+            # An env dropped without close() still gives its loop back.
+            self._runner_finalizer = weakref.finalize(self, _close_abandoned, self._runner)
+        return self._runner.run(make_coro())
+
+
+def _new_runner() -> asyncio.Runner:
+    # With a loop_factory the Runner leaves the thread's current event loop alone.
+    return asyncio.Runner(loop_factory=asyncio.new_event_loop)
+
+
+def _close_abandoned(runner: asyncio.Runner) -> None:
+    # aclose cannot run here (the env is gone); inside another running loop the
+    # runner cannot run its loop to cancel tasks, so the loop is only closed.
+    if running_loop_exists():
+        runner.get_loop().close()
+    else:
+        runner.close()
 
 
 def _describe(x: Any) -> str:

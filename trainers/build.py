@@ -7,6 +7,7 @@ that other trainers (SFT, PPO) build the same pieces the same way.
 from __future__ import annotations
 
 import copy
+import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from areal_env.inference.chat_client import ChatClient
 from areal_env.inference.engine import InferenceEngine
 from areal_env.inference.registry import make_engine
 from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
+from areal_env.resources import ResourceRegistry
 from areal_env.rollout.episode import make_episode_fn
 from areal_env.trainers.config import GRPOConfig
 
@@ -41,6 +43,8 @@ class Components:
     env_factory: Callable[[], Any]
     agent: Agent
     episode_fn: Callable[[int, int], Any]
+    resources: ResourceRegistry
+    """What envs share across episodes (indexes, sandboxes, clients); the run closes it."""
     device: str
 
 
@@ -58,13 +62,16 @@ def model_dir(cfg: ModelConfig, output_dir: str) -> str:
     return str(build_tiny_model(Path(output_dir) / "tiny_model", cfg.tiny))
 
 
-def make_env_factory(env_id: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
+def make_env_factory(
+    env_id: str, kwargs: dict[str, Any], resources: ResourceRegistry | None = None
+) -> Callable[[], Any]:
     """A factory of fresh envs; fails now, not mid-run, on a bad id or kwargs.
 
     Episodes use the bare env (the scheduler owns time limits and retries), so
     the factory calls the registered entry point directly: ``gym.make`` builds
     and then discards its wrapper stack, a measurable cost at a few hundred
-    episodes per step.
+    episodes per step. Envs that take a ``resources`` argument (every
+    ``AsyncEnv``) get the run's registry, so they share what is expensive to build.
     """
     if env_id not in gym.registry:
         known = sorted(k for k in gym.registry if k.startswith("areal/"))
@@ -73,11 +80,18 @@ def make_env_factory(env_id: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
     gym.make(env_id, **kwargs).close()  # gymnasium's own checks of the id and kwargs
     creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
     merged = {**spec.kwargs, **kwargs}
+    if resources is not None and _accepts(creator, "resources"):
+        merged["resources"] = resources
 
     def factory() -> Any:
         return creator(**merged)
 
     return factory
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def build_components(cfg: GRPOConfig) -> Components:
@@ -90,7 +104,8 @@ def build_components(cfg: GRPOConfig) -> Components:
     engine_model = copy.deepcopy(policy).eval()
     engine = make_engine(engine_model, tokenizer, cfg.inference)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
-    env_factory = make_env_factory(cfg.env.id, dict(cfg.env.kwargs))
+    resources = ResourceRegistry(name="run")
+    env_factory = make_env_factory(cfg.env.id, dict(cfg.env.kwargs), resources)
     agent = make_agent(cfg.agent.name, **cfg.agent.kwargs)
     return Components(
         tokenizer=tokenizer,
@@ -100,5 +115,6 @@ def build_components(cfg: GRPOConfig) -> Components:
         env_factory=env_factory,
         agent=agent,
         episode_fn=make_episode_fn(env_factory, agent, client.episode),
+        resources=resources,
         device=device,
     )

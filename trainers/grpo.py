@@ -133,8 +133,16 @@ async def run(cfg: GRPOConfig) -> Path:
     seed_everything(cfg.seed)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    out = Path(cfg.output_dir)
     parts = build_components(cfg)
+    try:
+        return await _run(cfg, parts)
+    finally:  # the engine's worker and what envs shared are released on every path
+        await parts.engine.close()
+        await parts.resources.aclose()
+
+
+async def _run(cfg: GRPOConfig, parts: Components) -> Path:
+    out = Path(cfg.output_dir)
     checkpoints = list_checkpoints(out) if cfg.recover else []
     if cfg.recover and not checkpoints:
         logger.warning("recover=true but no checkpoint in %s: starting fresh", out)
@@ -177,7 +185,6 @@ async def run(cfg: GRPOConfig) -> Path:
         await train(cfg, parts, backend, scheduler, metrics, start_step)
     finally:
         metrics.close()
-        await parts.engine.close()
     final = out / "final_model"
     parts.policy.save_pretrained(final)
     parts.tokenizer.save_pretrained(final)

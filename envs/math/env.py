@@ -31,6 +31,7 @@ from areal_env.envs.base import AsyncEnv, Message, StepResult
 from areal_env.envs.math.data import SYNTHETIC, build_task_source
 from areal_env.envs.math.reward import instant_score, score_response
 from areal_env.envs.spaces import ChatMessages
+from areal_env.resources import ResourceRegistry
 
 RESET_OPTIONS = ("task_index",)
 """Keys ``reset(options=...)`` accepts."""
@@ -65,8 +66,9 @@ class MathEnv(AsyncEnv):
         system_prompt: str | None = None,
         prompt_template: str = "{question}",
         data_seed: int = 0,
+        resources: ResourceRegistry | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(resources=resources)
         if not isinstance(dataset, (str, Path)):
             raise ValueError(f"dataset must be {SYNTHETIC!r} or a file path, got {dataset!r}")
         ops = validate_arithmetic_params(max_operand, ops)

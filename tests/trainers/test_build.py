@@ -25,3 +25,16 @@ def test_unknown_id_names_the_registered_ones() -> None:
 def test_bad_kwargs_fail_when_the_factory_is_built() -> None:
     with pytest.raises(ValueError, match="max_operand must be an int >= 1"):
         make_env_factory("areal/Math-v0", {"max_operand": -1})
+
+
+def test_envs_of_a_run_share_the_runs_resource_registry() -> None:
+    from areal_env.resources import ResourceRegistry
+
+    registry = ResourceRegistry(name="run")
+    factory = make_env_factory("areal/Math-v0", {}, registry)
+    first, second = factory(), factory()
+    assert first.resources is registry and second.resources is registry
+    index = first.resources.get("index", object)
+    assert second.resources.get("index", object) is index  # built once, shared
+    registry.close()
+    assert make_env_factory("areal/Math-v0", {})().resources is not registry
