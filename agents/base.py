@@ -41,14 +41,10 @@ class Agent(Protocol):
 def finish_trajectory(client: EpisodeClient, reward: float, info: dict[str, Any]) -> Trajectory:
     """Set reward and env facts on the client's trajectory and return it.
 
-    Raises:
-        ValueError: when the template forced a per-turn split; single-sequence
-            agents cannot train on a split episode yet, and we never re-tokenize.
+    An episode the chat client recorded as several samples (a template that
+    rewrites earlier turns, a change of temperature) is returned as it is: every
+    sample is a training row that shares this reward.
     """
-    if client.segments:
-        raise ValueError(
-            f"episode was split into {len(client.segments) + 1} segments by chat template drift"
-        )
     traj = client.trajectory
     traj.reward = float(reward)
     traj.task_id = str(info.get("task_id", traj.task_id))

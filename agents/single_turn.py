@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from areal_env.agents.base import finish_trajectory
-from areal_env.inference.chat_client import EpisodeClient
+from areal_env.inference.chat_client import EpisodeClient, to_message_dict
 from areal_env.types import Trajectory
 
 
@@ -42,7 +42,9 @@ class SingleTurnAgent:
         completion = await client.chat.completions.create(
             messages=list(obs), tools=env.tools or None, max_tokens=self.max_tokens
         )
-        action = completion.choices[0].message.to_dict()
+        # A plain dict the env's action space accepts (content may be None next
+        # to tool calls); None-valued SDK fields such as ``refusal`` are dropped.
+        action = to_message_dict(completion.choices[0].message)
         _, reward, terminated, truncated, step_info = await env.astep(action)
         traj = finish_trajectory(client, reward, {**info, **step_info})
         traj.truncated = bool(truncated) or completion.choices[0].finish_reason == "length"

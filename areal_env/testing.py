@@ -18,9 +18,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from areal_env.envs.base import AsyncEnv
+from areal_env.inference.engine import WeightTransport
 from areal_env.models.tiny import build_tiny_model, build_tokenizer
 from areal_env.types import FinishReason, GenerationRequest, GenerationResult, WeightUpdate
 
@@ -43,7 +44,7 @@ def char_tokenizer():  # -> PreTrainedTokenizerFast
 
 
 class ScriptedEngine:
-    """Replays ``replies`` in order (cycling), one per request.
+    """Replays ``replies`` in order (cycling), one per request; an ``InferenceEngine``.
 
     Each reply is a list of token ids; the stop token of the request (its first
     ``stop_token_ids`` entry) is appended when ``append_stop`` is True, so the
@@ -99,6 +100,15 @@ class ScriptedEngine:
             output_versions=[self._version] * len(reply),
             finish_reason=finish,
         )
+
+    @property
+    def weight_transports(self) -> tuple[WeightTransport, ...]:
+        """Both: the update is recorded, never loaded."""
+        return ("state_dict", "disk")
+
+    async def abort(self, request_ids: Collection[str] | None = None) -> int:
+        """Nothing runs long enough to abort: replies are immediate. Returns 0."""
+        return 0
 
     async def update_weights(self, update: WeightUpdate) -> None:
         """Record the update and adopt its version."""

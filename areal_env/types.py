@@ -388,7 +388,7 @@ class EpisodeBatch:
 
     def row_refs(self) -> list[RowRef]:
         """Group, episode and sample of every training row, in row order."""
-        refs = []
+        refs: list[RowRef] = []
         episode = 0
         for g, group in enumerate(self.groups):
             for traj in group:

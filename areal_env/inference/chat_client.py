@@ -1,17 +1,34 @@
-"""OpenAI-shaped chat client over an InferenceEngine that records every token.
+r"""OpenAI chat-completions client over an InferenceEngine that records every token.
 
 Agents call ``client.chat.completions.create(messages=..., tools=...)`` as they
-would call the OpenAI SDK. Under the hood the client works token-in/token-out:
+would call ``openai.AsyncOpenAI`` and get the SDK's own types back
+(``openai.types.chat.ChatCompletion``). Under the hood the client works
+token-in/token-out, so multi-turn training never sees re-tokenized model output:
 
-* the first call renders the messages with the tokenizer's chat template;
-* each later call keeps the exact sampled ids of earlier turns and appends only
-  the tokens of the *new* messages (tool results, user turns);
-* a drift check compares our ids with a fresh template rendering of the same
-  history. Where the template cannot extend the prefix (it strips thinking, say)
-  the episode is split into one trajectory segment per turn, never re-tokenized.
+* a call that starts a sample renders its messages with the chat template;
+* a later call whose messages extend an earlier call's history (its messages
+  plus the reply) keeps that sample's exact sampled ids and appends only
 
-One :class:`ChatClient` is shared by all episodes; each episode gets its own
-:class:`EpisodeClient` from :meth:`ChatClient.episode`.
+  - the end of the assistant turn that the template writes and the model did
+    not sample (the ``\n`` after ``<|im_end|>``; all of ``<|im_end|>\n`` when the
+    reply hit the token budget), and
+  - the *difference* between two renderings of the same history,
+    ``render(history, gen_prompt=False)`` and ``render(messages, gen_prompt=True)``:
+    the new messages and the generation prompt;
+
+* a drift check renders each reply back through the template and compares it
+  with what was sampled (``trajectory.metrics["drift_events"]`` and a warning);
+* when that cannot be done faithfully, the call starts a new
+  :class:`~areal_env.types.Sample` of the same episode, whose prompt is the
+  full rendering: the template rewrites earlier turns (``template_splits``),
+  the messages extend no earlier history (``history_splits``), or the call
+  samples with another temperature/top-p/top-k (``sampling_splits``).
+
+Token-level users get a completion's engine output from its extra field
+``completion.generation`` (a :class:`~areal_env.types.GenerationResult`: ids,
+logprobs, weight versions; :func:`generation_of` is the typed accessor). Calls
+that must not be trained (a user simulator, a judge) go through
+:meth:`ChatClient.untracked`, which has the same API and records nothing.
 
 Example:
     >>> import asyncio
@@ -21,8 +38,10 @@ Example:
     >>> ep = client.episode()
     >>> messages = [{"role": "user", "content": "6*7"}]
     >>> reply = asyncio.run(ep.chat.completions.create(messages=messages))
-    >>> reply.choices[0].message.content, sum(ep.trajectory.loss_mask)
+    >>> reply.choices[0].message.content, ep.trajectory.samples[0].num_generated
     ('42', 3)
+    >>> generation_of(reply).output_ids[-1] == tok.eos_token_id
+    True
 """
 
 from __future__ import annotations
@@ -30,14 +49,27 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import openai
+from openai.types import CompletionUsage
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionMessage,
+    ChatCompletionMessageToolCallUnion,
+    ChatCompletionTokenLogprob,
+)
+from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
+
+from areal_env.errors import InferenceError
 from areal_env.inference.engine import InferenceEngine
-from areal_env.inference.tool_parsing import parse_tool_calls, tool_call_to_openai
+from areal_env.inference.tool_parsing import ParsedMessage, parse_tool_calls, tool_call_to_openai
 from areal_env.types import (
     GenerationRequest,
     GenerationResult,
+    Sample,
     SamplingParams,
     Trajectory,
     new_id,
@@ -48,10 +80,48 @@ logger = logging.getLogger(__name__)
 RENDER_CACHE_SIZE = 4096
 """Rendered chat histories kept (oldest evicted first)."""
 
+EPISODE_METRICS = (
+    "drift_events",
+    "template_splits",
+    "history_splits",
+    "sampling_splits",
+    "tool_call_parse_errors",
+)
+"""Counters every episode's ``trajectory.metrics`` starts with at 0, so averages
+over episodes count the episodes where nothing happened."""
+
+_ABSENT: tuple[type, ...] = tuple(
+    t for t in (getattr(openai, "NotGiven", None), getattr(openai, "Omit", None)) if t is not None
+)
+_HONOURED = frozenset(
+    {"messages", "model", "tools", "tool_choice", "logprobs"}
+    | {"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop"}
+)
+# Accepted only at the value that changes nothing (OpenAI's default).
+_DEFAULT_ONLY: dict[str, Any] = {
+    "n": 1,
+    "stream": False,
+    "top_logprobs": 0,
+    "parallel_tool_calls": True,
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "store": False,
+    "response_format": {"type": "text"},
+    "extra_query": {},
+    "extra_body": {},
+}
+# Informational or transport-only: they cannot change what is sampled.
+_INFORMATIONAL = frozenset({"user", "metadata", "extra_headers"})
+_TURN_SENTINEL = "AREAL_ENV_TURN_SENTINEL"
+
 
 @dataclass(kw_only=True, slots=True)
 class SamplingConfig:
-    """Default sampling for completions; a call's own arguments override it."""
+    """Default sampling for completions; a call's own arguments override it.
+
+    Raises:
+        ValueError: naming ``inference.sampling.<key>`` for an out-of-range value.
+    """
 
     max_new_tokens: int = 256
     """Token budget per completion."""
@@ -62,49 +132,48 @@ class SamplingConfig:
     top_k: int = 0
     """Top-k; 0 disables it."""
 
+    def __post_init__(self) -> None:
+        checks = {
+            "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
+            "temperature": (self.temperature >= 0, ">= 0"),
+            "top_p": (0 < self.top_p <= 1, "in (0, 1]"),
+            "top_k": (self.top_k >= 0, ">= 0 (0 disables it)"),
+        }
+        for key, (ok, rule) in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"inference.sampling.{key} must be {rule}, got {getattr(self, key)!r}"
+                )
+
+
+@dataclass(kw_only=True, slots=True, frozen=True)
+class _Call:
+    """One ``create`` call's arguments, checked and normalised."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    parse_tools: bool
+    sampling: SamplingParams
+    logprobs: bool
+
 
 @dataclass(kw_only=True, slots=True)
-class ChatMessage:
-    """The assistant message of a completion (OpenAI field names)."""
+class _Branch:
+    """A sample under construction and the chat history its tokens stand for."""
 
-    role: str = "assistant"
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """OpenAI message dict, ready to append to a history or send as an action."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            out["tool_calls"] = self.tool_calls
-        return out
-
-
-@dataclass(kw_only=True, slots=True)
-class Choice:
-    """One completion choice (we always return exactly one)."""
-
-    index: int
-    message: ChatMessage
-    finish_reason: str
-
-
-@dataclass(kw_only=True, slots=True)
-class ChatCompletion:
-    """OpenAI-shaped completion, plus the raw generation for token-level users."""
-
-    id: str
-    model: str
-    created: int
-    choices: list[Choice]
-    usage: dict[str, int]
-    generation: GenerationResult
-    """The engine's token ids, logprobs and versions for this completion."""
-    parse_errors: list[str] = field(default_factory=list)
-    """Malformed tool-call blocks the parser could not read."""
+    sample: Sample = field(default_factory=Sample)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The last call's messages plus the reply it returned."""
+    tools: list[dict[str, Any]] | None = None
+    pending_close: str = ""
+    """Turn-closing text the template writes after the last reply and the model did
+    not sample; owed before the next prompt tokens."""
+    busy: bool = False
+    """True while a call on this branch awaits the engine."""
 
 
 class ChatClient:
-    """Shared front end: engine, tokenizer, default sampling, stop tokens."""
+    """Shared front end: engine, tokenizer, default sampling, stop tokens, render cache."""
 
     def __init__(
         self,
@@ -122,26 +191,40 @@ class ChatClient:
         self.stop_token_ids = tuple(sorted(i for i in stop if i is not None))
         self._render_cache: dict[str, str] = {}
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._turn_close: str | None = None
+        self._reported: set[str] = set()
 
     def episode(self) -> EpisodeClient:
         """A fresh per-episode client that records into its own Trajectory."""
         return EpisodeClient(self)
 
+    def untracked(self) -> UntrackedClient:
+        """A client with the same API that records nothing (user simulators, judges)."""
+        return UntrackedClient(self)
+
     def render(
-        self, messages: list[dict], tools: list[dict] | None, *, generation_prompt: bool
+        self,
+        messages: Sequence[Any],
+        tools: Sequence[Any] | None,
+        *,
+        generation_prompt: bool,
     ) -> str:
         """The chat template's text for ``messages`` (memoised on their JSON form).
 
-        ``apply_chat_template`` costs about a millisecond per call in Python, as
-        much as sampling a short answer; the n_samples episodes of a group, and
-        every turn's re-render of the same history, ask for identical text.
+        Messages may be dicts or OpenAI message objects. Tool-call ``arguments``
+        strings are handed to the template as dicts (on a copy), since templates
+        ``| tojson`` them (AReaL issue #1463). ``apply_chat_template`` costs about
+        a millisecond, as much as sampling a short answer, and the n episodes of
+        a group and every turn's re-render ask for identical text: hence the cache.
         """
-        key = json.dumps([messages, tools or None, generation_prompt], sort_keys=True, default=str)
+        msgs = [to_message_dict(m) for m in messages]
+        tool_list = _normalize_tools(tools)
+        key = json.dumps([msgs, tool_list, generation_prompt], sort_keys=True, default=str)
         text = self._render_cache.get(key)
         if text is None:
             text = self.tokenizer.apply_chat_template(
-                messages,
-                tools=tools or None,
+                [_template_view(m) for m in msgs],
+                tools=tool_list,
                 add_generation_prompt=generation_prompt,
                 tokenize=False,
             )
@@ -160,120 +243,507 @@ class ChatClient:
             return self._backend.encode(text, add_special_tokens=False).ids
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def sampling_params(self, **overrides: Any) -> SamplingParams:
-        """Merge per-call OpenAI arguments over the defaults."""
+    def sampling_params(
+        self,
+        *,
+        max_tokens: int | None = None,
+        max_completion_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> SamplingParams:
+        """Merge a call's OpenAI sampling arguments over the defaults.
+
+        Raises:
+            ValueError: naming the OpenAI parameter that is out of range.
+        """
         d = self.sampling
-        stop = overrides.get("stop")
+        budget = _token_budget(max_tokens, max_completion_tokens)
+        if temperature is not None:
+            _check_number("temperature", temperature, lambda t: t >= 0, ">= 0")
+        if top_p is not None:
+            _check_number("top_p", top_p, lambda p: 0 < p <= 1, "in (0, 1]")
         return SamplingParams(
-            max_new_tokens=overrides.get("max_tokens") or d.max_new_tokens,
-            temperature=d.temperature
-            if overrides.get("temperature") is None
-            else overrides["temperature"],
-            top_p=d.top_p if overrides.get("top_p") is None else overrides["top_p"],
+            max_new_tokens=d.max_new_tokens if budget is None else budget,
+            temperature=d.temperature if temperature is None else float(temperature),
+            top_p=d.top_p if top_p is None else float(top_p),
             top_k=d.top_k,
             stop_token_ids=self.stop_token_ids,
-            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+            stop=_stop_strings(stop),
         )
 
+    @property
+    def turn_close(self) -> str:
+        r"""What the template writes after an assistant message's content (e.g. ``<|im_end|>\n``).
 
-class EpisodeClient:
-    """Per-episode client: ``chat.completions.create`` plus the recorded trajectory."""
+        Found once by rendering a reply with a sentinel content; empty when the
+        template cannot render that probe.
+        """
+        if self._turn_close is None:
+            self._turn_close = self._probe_turn_close()
+        return self._turn_close
 
-    def __init__(self, shared: ChatClient) -> None:
-        self.shared = shared
-        self.segments: list[Trajectory] = []
-        """Finished segments when the template forced a per-turn split."""
-        self.trajectory = Trajectory()
-        """The segment being recorded (the whole episode when there was no split)."""
-        self.drift_events = 0
-        """How many turns the template could not extend the token prefix."""
-        self._history: list[dict] = []
-        self.chat = _Chat(self)
-        self.completions = self.chat.completions
+    def _probe_turn_close(self) -> str:
+        probe = [
+            {"role": "user", "content": "?"},
+            {"role": "assistant", "content": _TURN_SENTINEL},
+        ]
+        try:
+            text = self.render(probe, None, generation_prompt=False)
+        except Exception as e:  # a template may refuse any probe; then we owe nothing
+            logger.debug("chat template refused the turn-closing probe: %s", e)
+            return ""
+        at = text.rfind(_TURN_SENTINEL)
+        return "" if at < 0 else text[at + len(_TURN_SENTINEL) :]
 
-    def all_segments(self) -> list[Trajectory]:
-        """Every recorded segment, the current one last."""
-        return [*self.segments, self.trajectory]
+    def unsampled_close(self, sampled_text: str) -> str:
+        r"""The part of :attr:`turn_close` that ``sampled_text`` does not already end with.
 
-    async def create(
-        self, *, messages: list[dict], tools: list[dict] | None = None, **kwargs: Any
-    ) -> ChatCompletion:
-        """Sample one assistant message for ``messages`` and record its tokens."""
-        if not messages:
-            raise ValueError("chat.completions.create: messages must not be empty")
-        self._extend_prompt(list(messages), tools)
-        shared = self.shared
-        request = GenerationRequest(
-            input_ids=tuple(self.trajectory.input_ids), sampling=shared.sampling_params(**kwargs)
+        Example:
+            >>> from areal_env.testing import ScriptedEngine, char_tokenizer
+            >>> client = ChatClient(ScriptedEngine(replies=[[5]]), char_tokenizer())
+            >>> client.unsampled_close("42<|im_end|>"), client.unsampled_close("42")
+            ('\n', '<|im_end|>\n')
+        """
+        close = self.turn_close
+        for k in range(len(close), 0, -1):
+            if sampled_text.endswith(close[:k]):
+                return close[k:]
+        return close
+
+    async def generate(
+        self, input_ids: Sequence[int], sampling: SamplingParams
+    ) -> GenerationResult:
+        """Ask the engine for one completion of ``input_ids``.
+
+        Raises:
+            InferenceError: when the engine aborted the request: a partial reply
+                would otherwise pass for a finished one.
+        """
+        request = GenerationRequest(input_ids=tuple(input_ids), sampling=sampling)
+        result = await self.engine.agenerate(request)
+        if result.finish_reason == "abort":
+            raise InferenceError(
+                f"request {request.request_id} was aborted after "
+                f"{result.num_output_tokens} tokens; the chat client does not resume it"
+            )
+        return result
+
+    def _completion(
+        self, call: _Call, result: GenerationResult
+    ) -> tuple[ChatCompletion, list[str]]:
+        """The OpenAI completion for ``result`` and the tool-call parse errors in it.
+
+        The completion carries two extra fields: ``generation`` (``result``) and
+        ``parse_errors``.
+        """
+        ids = _strip_stop(result, call.sampling)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        parsed = parse_tool_calls(text) if call.parse_tools else ParsedMessage(content=text)
+        calls: list[ChatCompletionMessageToolCallUnion] | None = [
+            tool_call_to_openai(c) for c in parsed.tool_calls
+        ] or None
+        message = ChatCompletionMessage(
+            role="assistant",
+            content=(parsed.content if parsed.content.strip() else None) if calls else text,
+            tool_calls=calls,
         )
-        result = await shared.engine.agenerate(request)
-        self.trajectory.append_generation(result)
-        text = shared.tokenizer.decode(_strip_stop(result, request), skip_special_tokens=True)
-        parsed = parse_tool_calls(text)
-        calls = [tool_call_to_openai(c) for c in parsed.tool_calls] or None
-        message = ChatMessage(content=(parsed.content or None) if calls else text, tool_calls=calls)
-        self._history = [*messages, message.to_dict()]
-        self.trajectory.messages = list(self._history)
-        return ChatCompletion(
-            id=new_id("chatcmpl-", 16),
-            model=shared.model_name,
+        choice = Choice(
+            index=0,
+            message=message,
+            finish_reason=_finish_reason(result, bool(calls)),
+            logprobs=self._choice_logprobs(ids, result) if call.logprobs else None,
+        )
+        prompt_tokens = len(result.input_ids)
+        # Extra fields (the SDK's models allow them) for token-level users.
+        extra: dict[str, Any] = {"generation": result, "parse_errors": parsed.errors}
+        completion = ChatCompletion(
+            id=new_id("chatcmpl-", 24),
+            object="chat.completion",
             created=int(time.time()),
-            choices=[Choice(index=0, message=message, finish_reason=_finish(result, calls))],
-            usage={
-                "prompt_tokens": len(request.input_ids),
-                "completion_tokens": result.num_output_tokens,
-                "total_tokens": len(request.input_ids) + result.num_output_tokens,
-            },
-            generation=result,
-            parse_errors=parsed.errors,
+            model=self.model_name,
+            choices=[choice],
+            usage=CompletionUsage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=result.num_output_tokens,
+                total_tokens=prompt_tokens + result.num_output_tokens,
+            ),
+            **extra,
         )
+        return completion, parsed.errors
 
-    def _extend_prompt(self, messages: list[dict], tools: list[dict] | None) -> None:
-        shared = self.shared
-        if not self.trajectory.input_ids:
-            text = shared.render(messages, tools, generation_prompt=True)
-            self.trajectory.append_prompt(shared.encode(text))
-            return
-        prev = self._history
-        base = shared.render(prev, tools, generation_prompt=False)
-        full = shared.render(messages, tools, generation_prompt=True)
-        ours = shared.tokenizer.decode(self.trajectory.input_ids, skip_special_tokens=False)
-        extends = messages[: len(prev)] == prev and full.startswith(base)
-        if not (extends and base.startswith(ours)):
-            # The template cannot extend what we sampled: start a new segment
-            # instead of re-tokenizing model output.
-            self.drift_events += 1
-            logger.warning("chat template drift: splitting the episode into per-turn segments")
-            self.segments.append(self.trajectory)
-            self.trajectory = Trajectory()
-            self.trajectory.append_prompt(shared.encode(full))
-            return
-        # base[len(ours):] is what the template writes after our sampled ids
-        # (e.g. the newline after <|im_end|>); then come the new messages.
-        self.trajectory.append_prompt(shared.encode(base[len(ours) :] + full[len(base) :]))
+    def _choice_logprobs(self, ids: list[int], result: GenerationResult) -> ChoiceLogprobs:
+        content = []
+        for token_id, logprob in zip(ids, result.output_logprobs, strict=False):
+            token = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            content.append(
+                ChatCompletionTokenLogprob(
+                    token=token, bytes=list(token.encode("utf-8")), logprob=logprob, top_logprobs=[]
+                )
+            )
+        return ChoiceLogprobs(content=content)
+
+    def _report(self, kind: str, message: str) -> None:
+        """Log a faithfulness event: a warning the first time per kind, DEBUG after."""
+        first = kind not in self._reported
+        self._reported.add(kind)
+        level = logging.WARNING if first else logging.DEBUG
+        logger.log(level, "%s (counted in trajectory.metrics[%r])", message, kind)
 
 
 class _Completions:
-    def __init__(self, episode: EpisodeClient) -> None:
-        self._episode = episode
-
-    async def create(self, **kwargs: Any) -> ChatCompletion:
-        return await self._episode.create(**kwargs)
+    def __init__(self, create: Callable[..., Coroutine[Any, Any, ChatCompletion]]) -> None:
+        self.create = create
 
 
 class _Chat:
-    def __init__(self, episode: EpisodeClient) -> None:
-        self.completions = _Completions(episode)
+    """The ``chat.completions.create`` namespace of the OpenAI SDK."""
+
+    def __init__(self, create: Callable[..., Coroutine[Any, Any, ChatCompletion]]) -> None:
+        self.completions = _Completions(create)
 
 
-def _strip_stop(result: GenerationResult, request: GenerationRequest) -> list[int]:
+class EpisodeClient:
+    """Per-episode client: ``chat.completions.create`` plus the recorded trajectory.
+
+    Concurrent calls are safe: a call never extends a sample another call is
+    still generating on; it starts its own.
+    """
+
+    def __init__(self, shared: ChatClient) -> None:
+        self.shared = shared
+        self.trajectory = Trajectory(metrics=dict.fromkeys(EPISODE_METRICS, 0.0))
+        """The episode so far: one sample per faithful token sequence."""
+        self.chat = _Chat(self._create)
+        self._branches: list[_Branch] = []
+
+    async def _create(self, **kwargs: Any) -> ChatCompletion:
+        call = _parse_call(kwargs, self.shared)
+        full = self.shared.render(call.messages, call.tools, generation_prompt=True)
+        branch, new_ids = self._plan(call, full)
+        branch.busy = True
+        try:
+            result = await self.shared.generate([*branch.sample.input_ids, *new_ids], call.sampling)
+        finally:
+            branch.busy = False
+        branch.sample.append_prompt(new_ids)
+        branch.sample.append_generation(result, call.sampling)
+        if not any(b is branch for b in self._branches):
+            self._branches.append(branch)
+            self.trajectory.samples.append(branch.sample)
+        completion, errors = self.shared._completion(call, result)
+        self._after_turn(branch, call, full, result, completion.choices[0].message)
+        self._count("tool_call_parse_errors", len(errors))
+        return completion
+
+    def _plan(self, call: _Call, full: str) -> tuple[_Branch, list[int]]:
+        """The branch this call extends and the prompt ids to append to it."""
+        shared = self.shared
+        branch = self._extendable(call.messages)
+        if branch is None:
+            if self._branches:
+                self._count("history_splits")
+            return _Branch(), shared.encode(full)
+        if not branch.sample.accepts(call.sampling):
+            self._count("sampling_splits")
+            return _Branch(), shared.encode(full)
+        base = shared.render(branch.history, branch.tools, generation_prompt=False)
+        if not full.startswith(base):
+            at = _common_prefix(base, full)
+            self._count("template_splits")
+            shared._report(
+                "template_splits",
+                f"chat template cannot extend the sampled prefix (renderings differ at char "
+                f"{at}: {_excerpt(base, at)} vs {_excerpt(full, at)}); starting a new sample",
+            )
+            return _Branch(), shared.encode(full)
+        return branch, shared.encode(branch.pending_close + full[len(base) :])
+
+    def _extendable(self, messages: list[dict[str, Any]]) -> _Branch | None:
+        """The idle branch with the longest history that ``messages`` extend, latest first."""
+        best = None
+        for b in reversed(self._branches):
+            longer = best is None or len(b.history) > len(best.history)
+            if not b.busy and longer and _extends(messages, b.history):
+                best = b
+        return best
+
+    def _after_turn(
+        self,
+        branch: _Branch,
+        call: _Call,
+        full: str,
+        result: GenerationResult,
+        message: ChatCompletionMessage,
+    ) -> None:
+        shared = self.shared
+        reply = to_message_dict(message)
+        history = [*call.messages, reply]
+        sampled = shared.tokenizer.decode(result.output_ids, skip_special_tokens=False)
+        close = shared.unsampled_close(sampled)
+        self._check_drift(full, history, call.tools, sampled + close)
+        branch.history, branch.tools, branch.pending_close = history, call.tools, close
+        self.trajectory.messages = history
+
+    def _check_drift(
+        self, full: str, history: list[dict[str, Any]], tools: list[dict] | None, ours: str
+    ) -> None:
+        """Compare the sampled turn with the template's rendering of it; count a mismatch."""
+        after = self.shared.render(history, tools, generation_prompt=False)
+        if after.startswith(full):
+            theirs = after[len(full) :]
+            if theirs == ours:
+                return
+            at = _common_prefix(ours, theirs)
+            where = f"reply char {at} (sequence char {len(full) + at})"
+            detail = f"sampled {_excerpt(ours, at)}, template {_excerpt(theirs, at)}"
+        else:
+            at = _common_prefix(full, after)
+            where = f"prompt char {at}, the template rewrites the prompt once the reply is added"
+            detail = f"prompt {_excerpt(full, at)}, re-rendered {_excerpt(after, at)}"
+        self._count("drift_events")
+        self.shared._report("drift_events", f"chat template drift at {where}: {detail}")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.trajectory.metrics[name] = self.trajectory.metrics.get(name, 0.0) + n
+
+
+class UntrackedClient:
+    """Same ``chat.completions.create`` API; renders each call afresh and records nothing.
+
+    For model calls that are part of the environment rather than the policy's
+    episode: a simulated user, a judge. They use the policy engine but never
+    become training rows.
+    """
+
+    def __init__(self, shared: ChatClient) -> None:
+        self.shared = shared
+        self.chat = _Chat(self._create)
+
+    async def _create(self, **kwargs: Any) -> ChatCompletion:
+        call = _parse_call(kwargs, self.shared)
+        text = self.shared.render(call.messages, call.tools, generation_prompt=True)
+        result = await self.shared.generate(self.shared.encode(text), call.sampling)
+        return self.shared._completion(call, result)[0]
+
+
+def generation_of(completion: ChatCompletion) -> GenerationResult:
+    """The engine output (token ids, logprobs, versions) behind a ChatClient completion.
+
+    Raises:
+        ValueError: when ``completion`` did not come from a ChatClient (or lost
+            its extra field through ``model_dump``).
+    """
+    generation = getattr(completion, "generation", None)
+    if not isinstance(generation, GenerationResult):
+        raise ValueError("this ChatCompletion carries no areal_env GenerationResult")
+    return generation
+
+
+def to_message_dict(message: Any) -> dict[str, Any]:
+    """An OpenAI message (dict or SDK object) as a plain dict, safe to keep and compare.
+
+    SDK objects drop their ``None`` fields (``refusal``, ``audio``...) but keep
+    ``content``; tool calls become dicts; text-only content parts are joined
+    with newlines (as vLLM does) since text templates expect a string.
+
+    Raises:
+        TypeError: for something that is neither a mapping nor an SDK object.
+        ValueError: for non-text content parts (images, audio).
+
+    Example:
+        >>> to_message_dict(ChatCompletionMessage(role="assistant", content="hi"))
+        {'content': 'hi', 'role': 'assistant'}
+    """
+    if isinstance(message, Mapping):
+        out = dict(message)
+    elif callable(getattr(message, "model_dump", None)):
+        out = {"content": None, **message.model_dump(exclude_none=True)}
+    else:
+        raise TypeError(f"messages: expected dicts or OpenAI message objects, got {message!r}")
+    if out.get("tool_calls"):
+        out["tool_calls"] = [_plain_tool_call(c) for c in out["tool_calls"]]
+    if isinstance(out.get("content"), list):
+        out["content"] = _join_text_parts(out["content"])
+    return out
+
+
+def _plain_tool_call(call: Any) -> dict[str, Any]:
+    out = call.model_dump(exclude_none=True) if hasattr(call, "model_dump") else dict(call)
+    if isinstance(out.get("function"), Mapping):
+        out["function"] = dict(out["function"])
+    return out
+
+
+def _join_text_parts(parts: list[Any]) -> str:
+    texts = []
+    for part in parts:
+        part = part.model_dump() if hasattr(part, "model_dump") else part
+        if not isinstance(part, Mapping) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            raise ValueError(f"messages: content part of type {kind!r} is not supported")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _template_view(message: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``message`` whose tool-call arguments are dicts, as templates expect."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    return {**message, "tool_calls": [_call_view(c) for c in calls]}
+
+
+def _call_view(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function")
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("arguments"), str):
+        return call
+    try:
+        args = json.loads(fn["arguments"])
+    except json.JSONDecodeError:
+        return call
+    return {**call, "function": {**fn, "arguments": args}}
+
+
+def _normalize_tools(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    out = []
+    for i, tool in enumerate(tools):
+        d = tool.model_dump(exclude_none=True) if hasattr(tool, "model_dump") else dict(tool)
+        if d.get("type", "function") != "function":
+            raise ValueError(f"tools[{i}]: only function tools are supported, got {d['type']!r}")
+        out.append(d)
+    return out
+
+
+def _parse_call(kwargs: dict[str, Any], shared: ChatClient) -> _Call:
+    """Check a ``create`` call's arguments; OpenAI's NOT_GIVEN/omit and None mean absent.
+
+    Raises:
+        TypeError: for a parameter the client does not know.
+        ValueError: for a value it cannot honour (``n=2``, ``stream=True``...).
+    """
+    args = {k: v for k, v in kwargs.items() if v is not None and not isinstance(v, _ABSENT)}
+    for name, value in args.items():
+        _check_supported(name, value)
+    if not args.get("messages"):
+        raise ValueError("chat.completions.create: messages must not be empty")
+    tool_choice = args.get("tool_choice", "auto")
+    if tool_choice not in ("auto", "none"):
+        raise ValueError(
+            f"chat.completions.create: tool_choice={tool_choice!r} cannot be honoured "
+            "without constrained decoding; use 'auto' or 'none'"
+        )
+    tools = _normalize_tools(args.get("tools"))
+    sampling_keys = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop")
+    return _Call(
+        messages=[to_message_dict(m) for m in args["messages"]],
+        tools=tools,
+        parse_tools=tools is not None and tool_choice == "auto",
+        sampling=shared.sampling_params(**{k: args[k] for k in sampling_keys if k in args}),
+        logprobs=bool(args.get("logprobs", False)),
+    )
+
+
+def _check_supported(name: str, value: Any) -> None:
+    if name in _HONOURED or name in _INFORMATIONAL:
+        return
+    if name not in _DEFAULT_ONLY:
+        raise TypeError(
+            f"chat.completions.create: parameter {name!r} is not supported; honoured: "
+            f"{sorted(_HONOURED)}, accepted at their defaults only: {sorted(_DEFAULT_ONLY)}"
+        )
+    default = _DEFAULT_ONLY[name]
+    if value != default:
+        raise ValueError(
+            f"chat.completions.create: {name}={value!r} cannot be honoured "
+            f"(only {name}={default!r}): {_WHY_DEFAULT_ONLY.get(name, 'not implemented')}"
+        )
+
+
+_WHY_DEFAULT_ONLY = {
+    "n": "make n calls instead; each becomes its own sample",
+    "stream": "the client returns whole completions",
+    "top_logprobs": "engines return only the sampled token's logprob",
+    "parallel_tool_calls": "nothing stops the model from writing several calls",
+    "response_format": "structured output needs constrained decoding",
+    "extra_body": "server-specific parameters do not reach an in-process engine",
+    "extra_query": "server-specific parameters do not reach an in-process engine",
+}
+
+
+def _token_budget(max_tokens: Any, max_completion_tokens: Any) -> int | None:
+    for name, value in (
+        ("max_tokens", max_tokens),
+        ("max_completion_tokens", max_completion_tokens),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"chat.completions.create: {name} must be an int >= 1, got {value!r}")
+    if max_tokens is not None and max_completion_tokens is not None:
+        if max_tokens != max_completion_tokens:
+            raise ValueError(
+                "chat.completions.create: max_tokens and max_completion_tokens disagree "
+                f"({max_tokens} vs {max_completion_tokens}); give one"
+            )
+    return max_completion_tokens if max_tokens is None else max_tokens
+
+
+def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"chat.completions.create: {name} must be a number {rule}, got {value!r}")
+
+
+def _stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
+    strings = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in strings):
+        raise ValueError(f"chat.completions.create: stop must be non-empty strings, got {stop!r}")
+    return strings
+
+
+def _extends(messages: list[dict[str, Any]], history: list[dict[str, Any]]) -> bool:
+    """True when ``messages`` starts with ``history`` (ignoring empty/None fields)."""
+    if len(messages) < len(history):
+        return False
+    return all(_canon(a) == _canon(b) for a, b in zip(messages, history, strict=False))
+
+
+def _canon(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if v not in (None, "", [])}
+
+
+def _strip_stop(result: GenerationResult, sampling: SamplingParams) -> list[int]:
     ids = result.output_ids
-    if result.finish_reason == "stop" and ids and ids[-1] in request.sampling.stop_token_ids:
+    if result.finish_reason == "stop" and ids and ids[-1] in sampling.stop_token_ids:
         return ids[:-1]
     return ids
 
 
-def _finish(result: GenerationResult, calls: list | None) -> str:
-    if calls:
+def _finish_reason(
+    result: GenerationResult, has_calls: bool
+) -> Literal["stop", "length", "tool_calls"]:
+    if has_calls:
         return "tool_calls"
     return "length" if result.finish_reason == "length" else "stop"
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _excerpt(text: str, at: int, width: int = 24) -> str:
+    return repr(text[max(0, at - width) : at + width])
+
+
+__all__ = [
+    "EPISODE_METRICS",
+    "ChatClient",
+    "EpisodeClient",
+    "SamplingConfig",
+    "UntrackedClient",
+    "generation_of",
+    "to_message_dict",
+]

@@ -42,8 +42,9 @@ CHAT_TEMPLATE = (
     "{%- if message['content'] -%}{{ message['content'] }}{%- endif -%}"
     "{%- if message.get('tool_calls') -%}"
     "{%- for call in message['tool_calls'] -%}"
+    '{%- set a = call["function"]["arguments"] -%}'
     '<tool_call>{"name": "{{ call["function"]["name"] }}", '
-    '"arguments": {{ call["function"]["arguments"] }}}</tool_call>'
+    '"arguments": {{ a if a is string else a | tojson }}}</tool_call>'
     "{%- endfor -%}"
     "{%- endif -%}"
     "<|im_end|>{{ '\\n' }}"
