@@ -118,7 +118,9 @@ async def train(
                 },
             )
             bar.update(1)
-            bar.set_postfix(reward=f"{batch.stats.get('rollout/reward_mean', 0):.3f}")
+            bar.set_postfix(
+                reward=f"{batch.stats.get('rollout/reward_mean', 0):.3f}", refresh=False
+            )
             every = cfg.checkpoint.every_steps
             if version == cfg.train.steps or (every and version % every == 0):
                 state = TrainerState(

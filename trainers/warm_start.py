@@ -113,7 +113,9 @@ async def warm_start(
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 await push_weights(sft, engine, None, version=engine.version)
                 accuracy = await sampled_accuracy(episode_fn, cfg.eval_episodes)
-                bar.set_postfix(nll=f"{stats['sft/nll']:.3f}", accuracy=f"{accuracy:.3f}")
+                bar.set_postfix(
+                    nll=f"{stats['sft/nll']:.3f}", accuracy=f"{accuracy:.3f}", refresh=False
+                )
                 logger.info(
                     "warm start step %d: nll %.3f sampled accuracy %.3f",
                     step,

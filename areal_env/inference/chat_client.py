@@ -30,6 +30,10 @@ logprobs, weight versions; :func:`generation_of` is the typed accessor). Calls
 that must not be trained (a user simulator, a judge) go through
 :meth:`ChatClient.untracked`, which has the same API and records nothing.
 
+Each call's arguments are checked and its messages normalised first, by
+:mod:`areal_env.inference.openai_args`: what is honoured, what is refused by
+name, how messages become plain dicts (:func:`to_message_dict`, re-exported here).
+
 Example:
     >>> import asyncio
     >>> from areal_env.testing import ScriptedEngine, char_tokenizer
@@ -49,11 +53,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import openai
 from openai.types import CompletionUsage
 from openai.types.chat import (
     ChatCompletion,
@@ -65,6 +68,16 @@ from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 
 from areal_env.errors import InferenceError
 from areal_env.inference.engine import InferenceEngine
+from areal_env.inference.openai_args import (
+    Call,
+    check_number,
+    normalize_tools,
+    parse_call,
+    stop_strings,
+    template_view,
+    to_message_dict,
+    token_budget,
+)
 from areal_env.inference.tool_parsing import ParsedMessage, parse_tool_calls, tool_call_to_openai
 from areal_env.types import (
     GenerationRequest,
@@ -90,28 +103,6 @@ EPISODE_METRICS = (
 """Counters every episode's ``trajectory.metrics`` starts with at 0, so averages
 over episodes count the episodes where nothing happened."""
 
-_ABSENT: tuple[type, ...] = tuple(
-    t for t in (getattr(openai, "NotGiven", None), getattr(openai, "Omit", None)) if t is not None
-)
-_HONOURED = frozenset(
-    {"messages", "model", "tools", "tool_choice", "logprobs"}
-    | {"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop"}
-)
-# Accepted only at the value that changes nothing (OpenAI's default).
-_DEFAULT_ONLY: dict[str, Any] = {
-    "n": 1,
-    "stream": False,
-    "top_logprobs": 0,
-    "parallel_tool_calls": True,
-    "frequency_penalty": 0,
-    "presence_penalty": 0,
-    "store": False,
-    "response_format": {"type": "text"},
-    "extra_query": {},
-    "extra_body": {},
-}
-# Informational or transport-only: they cannot change what is sampled.
-_INFORMATIONAL = frozenset({"user", "metadata", "extra_headers"})
 _TURN_SENTINEL = "AREAL_ENV_TURN_SENTINEL"
 
 
@@ -144,17 +135,6 @@ class SamplingConfig:
                 raise ValueError(
                     f"inference.sampling.{key} must be {rule}, got {getattr(self, key)!r}"
                 )
-
-
-@dataclass(kw_only=True, slots=True, frozen=True)
-class _Call:
-    """One ``create`` call's arguments, checked and normalised."""
-
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None
-    parse_tools: bool
-    sampling: SamplingParams
-    logprobs: bool
 
 
 @dataclass(kw_only=True, slots=True)
@@ -218,12 +198,12 @@ class ChatClient:
         a group and every turn's re-render ask for identical text: hence the cache.
         """
         msgs = [to_message_dict(m) for m in messages]
-        tool_list = _normalize_tools(tools)
+        tool_list = normalize_tools(tools)
         key = json.dumps([msgs, tool_list, generation_prompt], sort_keys=True, default=str)
         text = self._render_cache.get(key)
         if text is None:
             text = self.tokenizer.apply_chat_template(
-                [_template_view(m) for m in msgs],
+                [template_view(m) for m in msgs],
                 tools=tool_list,
                 add_generation_prompt=generation_prompt,
                 tokenize=False,
@@ -258,18 +238,18 @@ class ChatClient:
             ValueError: naming the OpenAI parameter that is out of range.
         """
         d = self.sampling
-        budget = _token_budget(max_tokens, max_completion_tokens)
+        budget = token_budget(max_tokens, max_completion_tokens)
         if temperature is not None:
-            _check_number("temperature", temperature, lambda t: t >= 0, ">= 0")
+            check_number("temperature", temperature, lambda t: t >= 0, ">= 0")
         if top_p is not None:
-            _check_number("top_p", top_p, lambda p: 0 < p <= 1, "in (0, 1]")
+            check_number("top_p", top_p, lambda p: 0 < p <= 1, "in (0, 1]")
         return SamplingParams(
             max_new_tokens=d.max_new_tokens if budget is None else budget,
             temperature=d.temperature if temperature is None else float(temperature),
             top_p=d.top_p if top_p is None else float(top_p),
             top_k=d.top_k,
             stop_token_ids=self.stop_token_ids,
-            stop=_stop_strings(stop),
+            stop=stop_strings(stop),
         )
 
     @property
@@ -329,9 +309,7 @@ class ChatClient:
             )
         return result
 
-    def _completion(
-        self, call: _Call, result: GenerationResult
-    ) -> tuple[ChatCompletion, list[str]]:
+    def _completion(self, call: Call, result: GenerationResult) -> tuple[ChatCompletion, list[str]]:
         """The OpenAI completion for ``result`` and the tool-call parse errors in it.
 
         The completion carries two extra fields: ``generation`` (``result``) and
@@ -418,7 +396,7 @@ class EpisodeClient:
         self._branches: list[_Branch] = []
 
     async def _create(self, **kwargs: Any) -> ChatCompletion:
-        call = _parse_call(kwargs, self.shared)
+        call = parse_call(kwargs, self.shared.sampling_params)
         full = self.shared.render(call.messages, call.tools, generation_prompt=True)
         branch, new_ids = self._plan(call, full)
         branch.busy = True
@@ -436,7 +414,7 @@ class EpisodeClient:
         self._count("tool_call_parse_errors", len(errors))
         return completion
 
-    def _plan(self, call: _Call, full: str) -> tuple[_Branch, list[int]]:
+    def _plan(self, call: Call, full: str) -> tuple[_Branch, list[int]]:
         """The branch this call extends and the prompt ids to append to it."""
         shared = self.shared
         branch = self._extendable(call.messages)
@@ -471,7 +449,7 @@ class EpisodeClient:
     def _after_turn(
         self,
         branch: _Branch,
-        call: _Call,
+        call: Call,
         full: str,
         result: GenerationResult,
         message: ChatCompletionMessage,
@@ -521,7 +499,7 @@ class UntrackedClient:
         self.chat = _Chat(self._create)
 
     async def _create(self, **kwargs: Any) -> ChatCompletion:
-        call = _parse_call(kwargs, self.shared)
+        call = parse_call(kwargs, self.shared.sampling_params)
         text = self.shared.render(call.messages, call.tools, generation_prompt=True)
         result = await self.shared.generate(self.shared.encode(text), call.sampling)
         return self.shared._completion(call, result)[0]
@@ -538,169 +516,6 @@ def generation_of(completion: ChatCompletion) -> GenerationResult:
     if not isinstance(generation, GenerationResult):
         raise ValueError("this ChatCompletion carries no areal_env GenerationResult")
     return generation
-
-
-def to_message_dict(message: Any) -> dict[str, Any]:
-    """An OpenAI message (dict or SDK object) as a plain dict, safe to keep and compare.
-
-    SDK objects drop their ``None`` fields (``refusal``, ``audio``...) but keep
-    ``content``; tool calls become dicts; text-only content parts are joined
-    with newlines (as vLLM does) since text templates expect a string.
-
-    Raises:
-        TypeError: for something that is neither a mapping nor an SDK object.
-        ValueError: for non-text content parts (images, audio).
-
-    Example:
-        >>> to_message_dict(ChatCompletionMessage(role="assistant", content="hi"))
-        {'content': 'hi', 'role': 'assistant'}
-    """
-    if isinstance(message, Mapping):
-        out = dict(message)
-    elif callable(getattr(message, "model_dump", None)):
-        out = {"content": None, **message.model_dump(exclude_none=True)}
-    else:
-        raise TypeError(f"messages: expected dicts or OpenAI message objects, got {message!r}")
-    if out.get("tool_calls"):
-        out["tool_calls"] = [_plain_tool_call(c) for c in out["tool_calls"]]
-    if isinstance(out.get("content"), list):
-        out["content"] = _join_text_parts(out["content"])
-    return out
-
-
-def _plain_tool_call(call: Any) -> dict[str, Any]:
-    out = call.model_dump(exclude_none=True) if hasattr(call, "model_dump") else dict(call)
-    if isinstance(out.get("function"), Mapping):
-        out["function"] = dict(out["function"])
-    return out
-
-
-def _join_text_parts(parts: list[Any]) -> str:
-    texts = []
-    for part in parts:
-        part = part.model_dump() if hasattr(part, "model_dump") else part
-        if not isinstance(part, Mapping) or part.get("type") != "text":
-            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            raise ValueError(f"messages: content part of type {kind!r} is not supported")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
-def _template_view(message: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``message`` whose tool-call arguments are dicts, as templates expect."""
-    calls = message.get("tool_calls")
-    if not calls:
-        return message
-    return {**message, "tool_calls": [_call_view(c) for c in calls]}
-
-
-def _call_view(call: dict[str, Any]) -> dict[str, Any]:
-    fn = call.get("function")
-    if not isinstance(fn, Mapping) or not isinstance(fn.get("arguments"), str):
-        return call
-    try:
-        args = json.loads(fn["arguments"])
-    except json.JSONDecodeError:
-        return call
-    return {**call, "function": {**fn, "arguments": args}}
-
-
-def _normalize_tools(tools: Sequence[Any] | None) -> list[dict[str, Any]] | None:
-    if not tools:
-        return None
-    out = []
-    for i, tool in enumerate(tools):
-        d = tool.model_dump(exclude_none=True) if hasattr(tool, "model_dump") else dict(tool)
-        if d.get("type", "function") != "function":
-            raise ValueError(f"tools[{i}]: only function tools are supported, got {d['type']!r}")
-        out.append(d)
-    return out
-
-
-def _parse_call(kwargs: dict[str, Any], shared: ChatClient) -> _Call:
-    """Check a ``create`` call's arguments; OpenAI's NOT_GIVEN/omit and None mean absent.
-
-    Raises:
-        TypeError: for a parameter the client does not know.
-        ValueError: for a value it cannot honour (``n=2``, ``stream=True``...).
-    """
-    args = {k: v for k, v in kwargs.items() if v is not None and not isinstance(v, _ABSENT)}
-    for name, value in args.items():
-        _check_supported(name, value)
-    if not args.get("messages"):
-        raise ValueError("chat.completions.create: messages must not be empty")
-    tool_choice = args.get("tool_choice", "auto")
-    if tool_choice not in ("auto", "none"):
-        raise ValueError(
-            f"chat.completions.create: tool_choice={tool_choice!r} cannot be honoured "
-            "without constrained decoding; use 'auto' or 'none'"
-        )
-    tools = _normalize_tools(args.get("tools"))
-    sampling_keys = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "stop")
-    return _Call(
-        messages=[to_message_dict(m) for m in args["messages"]],
-        tools=tools,
-        parse_tools=tools is not None and tool_choice == "auto",
-        sampling=shared.sampling_params(**{k: args[k] for k in sampling_keys if k in args}),
-        logprobs=bool(args.get("logprobs", False)),
-    )
-
-
-def _check_supported(name: str, value: Any) -> None:
-    if name in _HONOURED or name in _INFORMATIONAL:
-        return
-    if name not in _DEFAULT_ONLY:
-        raise TypeError(
-            f"chat.completions.create: parameter {name!r} is not supported; honoured: "
-            f"{sorted(_HONOURED)}, accepted at their defaults only: {sorted(_DEFAULT_ONLY)}"
-        )
-    default = _DEFAULT_ONLY[name]
-    if value != default:
-        raise ValueError(
-            f"chat.completions.create: {name}={value!r} cannot be honoured "
-            f"(only {name}={default!r}): {_WHY_DEFAULT_ONLY.get(name, 'not implemented')}"
-        )
-
-
-_WHY_DEFAULT_ONLY = {
-    "n": "make n calls instead; each becomes its own sample",
-    "stream": "the client returns whole completions",
-    "top_logprobs": "engines return only the sampled token's logprob",
-    "parallel_tool_calls": "nothing stops the model from writing several calls",
-    "response_format": "structured output needs constrained decoding",
-    "extra_body": "server-specific parameters do not reach an in-process engine",
-    "extra_query": "server-specific parameters do not reach an in-process engine",
-}
-
-
-def _token_budget(max_tokens: Any, max_completion_tokens: Any) -> int | None:
-    for name, value in (
-        ("max_tokens", max_tokens),
-        ("max_completion_tokens", max_completion_tokens),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(f"chat.completions.create: {name} must be an int >= 1, got {value!r}")
-    if max_tokens is not None and max_completion_tokens is not None:
-        if max_tokens != max_completion_tokens:
-            raise ValueError(
-                "chat.completions.create: max_tokens and max_completion_tokens disagree "
-                f"({max_tokens} vs {max_completion_tokens}); give one"
-            )
-    return max_completion_tokens if max_tokens is None else max_tokens
-
-
-def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-        raise ValueError(f"chat.completions.create: {name} must be a number {rule}, got {value!r}")
-
-
-def _stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
-    strings = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in strings):
-        raise ValueError(f"chat.completions.create: stop must be non-empty strings, got {stop!r}")
-    return strings
 
 
 def _extends(messages: list[dict[str, Any]], history: list[dict[str, Any]]) -> bool:

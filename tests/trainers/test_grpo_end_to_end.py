@@ -113,3 +113,21 @@ def test_resume_after_interrupted_run_continues_from_saved_step(tmp_path, monkey
 def test_bad_config_exits_with_a_message_naming_the_key(capsys):
     assert grpo.main(["rollout.nope=1"]) == 2
     assert "rollout.nope" in capsys.readouterr().err
+
+
+def test_progress_off_a_terminal_writes_a_few_lines_not_a_frame_per_step(tmp_path, capsys):
+    from areal_env.testing import PARITY_ENV_ID, register_test_envs
+
+    register_test_envs()
+    out = tmp_path / "run"
+    argv = [
+        *SMALL,
+        "train.steps=6",
+        f"env.id={PARITY_ENV_ID}",
+        "warm_start.enabled=false",
+        "metrics.progress=true",
+        f"output_dir={out}",
+    ]
+    assert grpo.main(argv) == 0
+    frames = capsys.readouterr().err.count("grpo:")
+    assert 1 <= frames <= 3, f"{frames} progress frames for 6 steps"
