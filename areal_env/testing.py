@@ -23,19 +23,66 @@ from collections.abc import Collection, Sequence
 from areal_env.envs.base import AsyncEnv
 from areal_env.inference.engine import WeightTransport
 from areal_env.models.tiny import build_tiny_model, build_tokenizer
-from areal_env.types import FinishReason, GenerationRequest, GenerationResult, WeightUpdate
+from areal_env.types import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    Sample,
+    SamplingParams,
+    WeightUpdate,
+)
 
 __all__ = [
     "PARITY_ENV_ID",
+    "TINY_MODEL_OVERRIDES",
     "ParityEnv",
     "ScriptedEngine",
     "build_tiny_model",
     "char_tokenizer",
+    "make_sample",
     "register_test_envs",
 ]
 
 PARITY_ENV_ID = "areal-test/Parity-v0"
 """Gymnasium id of :class:`ParityEnv` (registered by :func:`register_test_envs`)."""
+
+
+TINY_MODEL_OVERRIDES: tuple[str, ...] = (
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=1",
+    "model.tiny.num_heads=2",
+    "model.tiny.intermediate_size=64",
+)
+"""Config overrides for an even smaller embedded model: end-to-end trainer tests in seconds."""
+
+
+def make_sample(
+    prompt: Sequence[int],
+    output: Sequence[int],
+    *,
+    version: int = 0,
+    logprob: float = -1.0,
+    temperature: float = 1.0,
+) -> Sample:
+    """A one-turn ``Sample``: ``prompt`` then ``output`` as if sampled at ``temperature``.
+
+    Example:
+        >>> s = make_sample([1, 2], [3], version=4)
+        >>> s.loss_mask, s.versions, s.logprobs
+        ([0, 0, 1], [-1, -1, 4], [0.0, 0.0, -1.0])
+    """
+    sample = Sample()
+    sample.append_prompt(list(prompt))
+    result = GenerationResult(
+        request_id="scripted",
+        input_ids=tuple(prompt),
+        output_ids=list(output),
+        output_logprobs=[logprob] * len(output),
+        output_versions=[version] * len(output),
+        finish_reason="stop",
+    )
+    sample.append_generation(result, SamplingParams(temperature=temperature))
+    return sample
 
 
 def char_tokenizer():  # -> PreTrainedTokenizerFast

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from areal_env.testing import make_sample
 from areal_env.types import (
     PROMPT_VERSION,
     EpisodeBatch,
@@ -16,18 +17,7 @@ from areal_env.types import (
 
 
 def _sample(prompt: list[int], out: list[int], version: int, temperature: float = 1.0) -> Sample:
-    s = Sample()
-    s.append_prompt(prompt)
-    result = GenerationResult(
-        request_id="r",
-        input_ids=tuple(prompt),
-        output_ids=out,
-        output_logprobs=[-0.5] * len(out),
-        output_versions=[version] * len(out),
-        finish_reason="stop",
-    )
-    s.append_generation(result, SamplingParams(temperature=temperature))
-    return s
+    return make_sample(prompt, out, version=version, logprob=-0.5, temperature=temperature)
 
 
 def _traj(prompt: list[int], out: list[int], version: int, reward: float) -> Trajectory:

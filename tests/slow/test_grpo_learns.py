@@ -15,7 +15,7 @@ import statistics
 import pytest
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import PARITY_ENV_ID, register_test_envs
+from areal_env.testing import PARITY_ENV_ID, TINY_MODEL_OVERRIDES, register_test_envs
 from areal_env.trainers import grpo
 
 STEPS = 40
@@ -26,10 +26,7 @@ def test_a_few_dozen_grpo_steps_raise_the_reward(tmp_path):
     register_test_envs()
     out = tmp_path / "run"
     argv = [
-        "model.tiny.hidden_size=32",
-        "model.tiny.num_layers=1",
-        "model.tiny.num_heads=2",
-        "model.tiny.intermediate_size=64",
+        *TINY_MODEL_OVERRIDES,
         f"env.id={PARITY_ENV_ID}",
         "warm_start.enabled=false",
         "rollout.batch_size=4",

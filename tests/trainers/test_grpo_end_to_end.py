@@ -9,13 +9,11 @@ import torch
 
 from areal_env.checkpoint import list_checkpoints
 from areal_env.metrics import read_metrics
+from areal_env.testing import TINY_MODEL_OVERRIDES
 from areal_env.trainers import grpo
 
 SMALL = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=1",
-    "model.tiny.num_heads=2",
-    "model.tiny.intermediate_size=64",
+    *TINY_MODEL_OVERRIDES,
     "warm_start.max_steps=4",
     "warm_start.eval_every=2",
     "warm_start.eval_episodes=8",

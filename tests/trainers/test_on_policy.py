@@ -13,14 +13,11 @@ from __future__ import annotations
 import pytest
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import PARITY_ENV_ID, register_test_envs
+from areal_env.testing import PARITY_ENV_ID, TINY_MODEL_OVERRIDES, register_test_envs
 from areal_env.trainers import grpo
 
 TINY = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=1",
-    "model.tiny.num_heads=2",
-    "model.tiny.intermediate_size=64",
+    *TINY_MODEL_OVERRIDES,
     "metrics.wandb_mode=disabled",
     "metrics.progress=false",
 ]

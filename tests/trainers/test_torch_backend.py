@@ -5,26 +5,16 @@ import copy
 import pytest
 import torch
 
+from areal_env.testing import make_sample
 from areal_env.trainers.algorithms.losses.nll import nll_loss as sft_loss
 from areal_env.trainers.algorithms.presets import resolve_preset
 from areal_env.trainers.backends.base import TrainConfig, gather_token_logprobs
 from areal_env.trainers.backends.torch_single import TorchBackend
-from areal_env.types import EpisodeBatch, GenerationResult, Sample, SamplingParams, Trajectory
+from areal_env.types import EpisodeBatch, Trajectory
 
 
 def _traj(prompt, gen, reward=0.0, temperature=1.0):
-    s = Sample()
-    s.append_prompt(prompt)
-    result = GenerationResult(
-        request_id="r",
-        input_ids=tuple(prompt),
-        output_ids=gen,
-        output_logprobs=[-1.0] * len(gen),
-        output_versions=[0] * len(gen),
-        finish_reason="stop",
-    )
-    s.append_generation(result, SamplingParams(temperature=temperature))
-    return Trajectory(samples=[s], reward=reward)
+    return Trajectory(samples=[make_sample(prompt, gen, temperature=temperature)], reward=reward)
 
 
 def _batch():

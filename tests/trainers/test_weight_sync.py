@@ -83,7 +83,7 @@ def test_disk_only_engine_needs_a_folder(tiny_model_and_tokenizer):
 
 
 def test_every_grpo_weight_push_leaves_engine_equal_to_trainer(tmp_path, monkeypatch):
-    from areal_env.testing import PARITY_ENV_ID, register_test_envs
+    from areal_env.testing import PARITY_ENV_ID, TINY_MODEL_OVERRIDES, register_test_envs
 
     register_test_envs()
     checks: list[int] = []
@@ -97,10 +97,7 @@ def test_every_grpo_weight_push_leaves_engine_equal_to_trainer(tmp_path, monkeyp
     monkeypatch.setattr(grpo, "push_weights", checked_push)
     out = tmp_path / "run"
     argv = [
-        "model.tiny.hidden_size=32",
-        "model.tiny.num_layers=1",
-        "model.tiny.num_heads=2",
-        "model.tiny.intermediate_size=64",
+        *TINY_MODEL_OVERRIDES,
         f"env.id={PARITY_ENV_ID}",
         "warm_start.enabled=false",
         "rollout.batch_size=2",
