@@ -18,7 +18,7 @@ def test_import_agents_in_pytest_is_the_openai_agents_sdk():
     import agents
 
     assert _is_sdk(agents), agents.__file__
-    assert not Path(agents.__file__).resolve().is_relative_to(REPO)
+    assert not Path(agents.__file__).resolve().is_relative_to(REPO / "agents")
 
 
 def test_import_agents_from_repo_root_with_python_c_is_the_sdk():
@@ -27,7 +27,8 @@ def test_import_agents_from_repo_root_with_python_c_is_the_sdk():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out[1] == "True"
-    assert not Path(out[0]).resolve().is_relative_to(REPO)
+    # Not our agents/ folder (a virtual environment may live inside the clone, as .venv/).
+    assert not Path(out[0]).resolve().is_relative_to(REPO / "agents")
 
 
 def test_our_folders_are_subpackages_of_areal_env():
