@@ -16,8 +16,9 @@ token-in/token-out, so multi-turn training never sees re-tokenized model output:
     ``render(history, gen_prompt=False)`` and ``render(messages, gen_prompt=True)``:
     the new messages and the generation prompt;
 
-* a drift check renders each reply back through the template and compares it
-  with what was sampled (``trajectory.metrics["drift_events"]`` and a warning);
+* a drift check compares each reply, when a later call extends it, with the
+  template's rendering of the same turn (``trajectory.metrics["drift_events"]``
+  and a warning);
 * when that cannot be done faithfully, the call starts a new
   :class:`~areal_env.types.Sample` of the same episode, whose prompt is the
   full rendering: the template rewrites earlier turns (``template_splits``),
@@ -150,6 +151,10 @@ class _Branch:
     not sample; owed before the next prompt tokens."""
     busy: bool = False
     """True while a call on this branch awaits the engine."""
+    last_prompt: str = ""
+    """The template's rendering the last reply was sampled after (generation prompt on)."""
+    last_turn: str = ""
+    """The last reply's text as sampled, plus the turn ending owed after it."""
 
 
 class ChatClient:
@@ -426,6 +431,7 @@ class EpisodeClient:
             self._count("sampling_splits")
             return _Branch(), shared.encode(full)
         base = shared.render(branch.history, branch.tools, generation_prompt=False)
+        self._check_drift(branch.last_prompt, base, branch.last_turn)
         if not full.startswith(base):
             at = _common_prefix(base, full)
             self._count("template_splits")
@@ -459,15 +465,22 @@ class EpisodeClient:
         history = [*call.messages, reply]
         sampled = shared.tokenizer.decode(result.output_ids, skip_special_tokens=False)
         close = shared.unsampled_close(sampled)
-        self._check_drift(full, history, call.tools, sampled + close)
         branch.history, branch.tools, branch.pending_close = history, call.tools, close
+        branch.last_prompt, branch.last_turn = full, sampled + close
         self.trajectory.messages = history
 
-    def _check_drift(
-        self, full: str, history: list[dict[str, Any]], tools: list[dict] | None, ours: str
-    ) -> None:
-        """Compare the sampled turn with the template's rendering of it; count a mismatch."""
-        after = self.shared.render(history, tools, generation_prompt=False)
+    def _check_drift(self, full: str, after: str, ours: str) -> None:
+        """Compare a sampled turn with the template's rendering of it; count a mismatch.
+
+        Run when the turn is about to be extended, where ``after`` (the rendering of
+        the history with the reply) is needed anyway: a reply that nothing follows
+        costs no extra rendering, and drift only matters for what comes after it.
+
+        Args:
+            full: the rendering the reply was sampled after (generation prompt on).
+            after: the rendering of the history including the reply.
+            ours: the reply as sampled, plus the turn ending owed after it.
+        """
         if after.startswith(full):
             theirs = after[len(full) :]
             if theirs == ours:

@@ -367,14 +367,15 @@ async def test_drift_is_counted_when_the_template_rerenders_a_turn_but_still_ext
     engine = ScriptedEngine(replies=[first, tok.encode("done")])
     ep = ChatClient(engine, tok).episode()
     history = [user("x")]
-    with caplog.at_level(logging.WARNING, logger="areal_env.inference.chat_client"):
-        resp = await ep.chat.completions.create(messages=history, tools=TOOLS)
-    assert ep.trajectory.metrics["drift_events"] == 1
-    assert "drift" in caplog.text and "char" in caplog.text
+    resp = await ep.chat.completions.create(messages=history, tools=TOOLS)
     message = resp.choices[0].message
     before = render(tok, [*history, message], TOOLS, gen=False)
     history += [message, tool_result(message.tool_calls[0].id, "r")]
-    await ep.chat.completions.create(messages=history, tools=TOOLS)
+    # The turn is checked when the next call extends it.
+    with caplog.at_level(logging.WARNING, logger="areal_env.inference.chat_client"):
+        await ep.chat.completions.create(messages=history, tools=TOOLS)
+    assert ep.trajectory.metrics["drift_events"] == 1
+    assert "drift" in caplog.text and "char" in caplog.text
 
     (sample,) = ep.trajectory.samples
     # The new message's tokens are the difference of two renderings, appended after
