@@ -12,8 +12,12 @@ from typing import Any
 
 from areal_env.agents.base import Agent
 from areal_env.agents.single_turn import SingleTurnAgent
+from areal_env.agents.tool_calling import ToolCallingAgent
 
-AGENTS: dict[str, Callable[..., Agent]] = {"single_turn": SingleTurnAgent}
+AGENTS: dict[str, Callable[..., Agent]] = {
+    "single_turn": SingleTurnAgent,
+    "tool_calling": ToolCallingAgent,
+}
 """``agent.name`` -> a factory taking the ``agent.kwargs``."""
 
 

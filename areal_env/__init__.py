@@ -28,17 +28,20 @@ if (_REPO_ROOT / "pyproject.toml").exists() and (_REPO_ROOT / "envs").is_dir():
 
 __version__ = "0.1.0"
 
-ENV_IDS: tuple[str, ...] = ("areal/Math-v0",)
+ENV_IDS: tuple[str, ...] = ("areal/Math-v0", "areal/Search-v0")
 """Every environment id this package registers."""
 
 
+_ENTRY_POINTS = {
+    "areal/Math-v0": "areal_env.envs.math.env:MathEnv",
+    "areal/Search-v0": "areal_env.envs.search.env:SearchEnv",
+}
+
+
 def _register_envs() -> None:
-    if "areal/Math-v0" not in gymnasium.registry:
-        gymnasium.register(
-            id="areal/Math-v0",
-            entry_point="areal_env.envs.math.env:MathEnv",
-            disable_env_checker=True,
-        )
+    for env_id, entry_point in _ENTRY_POINTS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point=entry_point, disable_env_checker=True)
 
 
 _register_envs()

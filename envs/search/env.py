@@ -1,0 +1,201 @@
+"""SearchEnv (``areal/Search-v0``): answer a question, searching a corpus with a tool.
+
+Reset shows the question (after an optional system prompt). Each assistant
+message either calls the ``search`` tool (one or several calls) and gets the
+passages back as tool messages, or answers: the last ``<answer>...</answer>``
+span, else the whole reply, scored by SQuAD-normalised exact match (``reward="em"``)
+or token F1 (``reward="f1"``) against any gold answer. The episode is cut
+(``truncated``, reward 0) when the turn limit is reached without an answer.
+
+Step ``info``: ``searches`` and ``tool_errors`` so far, ``gold_retrieved`` (a
+supporting passage was ever shown), and on the answer ``em``, ``f1``, ``answer``.
+
+Example:
+    >>> env = SearchEnv(num_entities=20)
+    >>> obs, info = env.reset(seed=0)
+    >>> call = {"id": "c", "type": "function",
+    ...         "function": {"name": "search", "arguments": '{"query": "%s"}' % info["query"]}}
+    >>> obs, reward, done, cut, step = env.step({"role": "assistant", "content": None,
+    ...                                         "tool_calls": [call]})
+    >>> obs[0]["role"], info["answers"][0] in obs[0]["content"], step["gold_retrieved"]
+    ('tool', True, True)
+    >>> reply = "<answer>" + info["answers"][0] + "</answer>"
+    >>> env.step(reply)[1:3]
+    (1.0, True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from areal_env.envs.base import AsyncEnv, Message, StepResult
+from areal_env.envs.search.data import SYNTHETIC, QATask, SyntheticFacts, load_qa
+from areal_env.envs.search.retrieval import BM25Retriever, Retriever
+from areal_env.envs.search.reward import REWARD_KINDS, exact_match, extract_answer, f1
+from areal_env.envs.search.tools import SEARCH_TOOL, run_search_calls
+from areal_env.resources import ResourceRegistry
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Answer the question. Call the search tool to look facts up, as often as you need; "
+    "then give the final answer as <answer>...</answer>."
+)
+"""The system prompt of Search-v0 (None drops it)."""
+
+RESET_OPTIONS = ("task_index",)
+"""Keys ``reset(options=...)`` accepts."""
+
+
+class SearchEnv(AsyncEnv):
+    """Multi-turn question answering with a search tool over a real index.
+
+    Args:
+        dataset: ``"synthetic"`` (invented facts, generated in code) or a QA JSONL path.
+        corpus: passages JSONL searched for a QA file (required with ``retriever="bm25"``);
+            must be None for the synthetic task, which brings its own.
+        retriever: ``"bm25"`` (an embedded index, shared by the run's envs).
+        top_k: passages per search unless the call asks for another number.
+        max_top_k: the most passages a call may ask for.
+        max_passage_chars: each passage's text is cut to this many characters.
+        max_turns: assistant messages before the episode is cut.
+        reward: ``"em"`` or ``"f1"``.
+        system_prompt: content of a leading system message; None for none.
+        num_entities: size of the synthetic task (one fact passage per entity).
+        data_seed: seed of the synthetic task.
+        resources: the registry the index is shared through.
+    """
+
+    def __init__(
+        self,
+        dataset: str | Path = SYNTHETIC,
+        corpus: str | Path | None = None,
+        *,
+        retriever: str = "bm25",
+        top_k: int = 3,
+        max_top_k: int = 10,
+        max_passage_chars: int = 300,
+        max_turns: int = 4,
+        reward: str = "em",
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        num_entities: int = 100,
+        data_seed: int = 0,
+        resources: ResourceRegistry | None = None,
+    ) -> None:
+        super().__init__(resources=resources)
+        _check_options(top_k, max_top_k, max_passage_chars, max_turns, reward)
+        if retriever != "bm25":
+            raise ValueError(f"retriever must be 'bm25', got {retriever!r}")
+        self.top_k, self.max_top_k = top_k, max_top_k
+        self.max_passage_chars, self.max_turns = max_passage_chars, max_turns
+        self.reward_kind, self.system_prompt = reward, system_prompt
+        self.tasks, self.retriever = self._load(dataset, corpus, num_entities, data_seed)
+        self._task: QATask | None = None
+        self._searches = self._errors = 0
+        self._gold_retrieved = False
+
+    def _load(
+        self, dataset: str | Path, corpus: str | Path | None, num_entities: int, seed: int
+    ) -> tuple[list[QATask], Retriever]:
+        if str(dataset) == SYNTHETIC:
+            if corpus is not None:
+                raise ValueError("corpus must be None for the synthetic task (it has its own)")
+            facts = self.resources.get(
+                ("search/synthetic", num_entities, seed),
+                lambda: SyntheticFacts(num_entities=num_entities, seed=seed),
+            )
+            index = self.resources.get(
+                ("search/bm25/synthetic", num_entities, seed), lambda: BM25Retriever(facts.passages)
+            )
+            return facts.questions, index
+        if corpus is None:
+            raise ValueError(f"dataset={str(dataset)!r} needs corpus= (a passages JSONL file)")
+        tasks = self.resources.get(
+            ("search/qa", str(Path(dataset).resolve())), lambda: load_qa(dataset)
+        )
+        path = Path(corpus).resolve()
+        index = self.resources.get(
+            ("search/bm25", str(path)), lambda: BM25Retriever.from_file(path)
+        )
+        return tasks, index
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The ``search`` function schema."""
+        return [SEARCH_TOOL]
+
+    async def _areset(self, options: dict[str, Any]) -> tuple[list[Message], dict[str, Any]]:
+        index = self._task_index(options)
+        self._task = task = self.tasks[index]
+        self._searches = self._errors = 0
+        self._gold_retrieved = False
+        obs: list[Message] = [{"role": "user", "content": task.question}]
+        if self.system_prompt is not None:
+            obs.insert(0, {"role": "system", "content": self.system_prompt})
+        info = {
+            "task_id": f"search:{index}",
+            "task_index": index,
+            "answers": list(task.answers),
+            "answer": task.answers[0],
+            "query": task.query or task.question,
+        }
+        return obs, info
+
+    async def _astep(self, message: Message) -> StepResult:
+        assert self._task is not None, "AsyncEnv.astep guarantees a reset came first"
+        calls = message.get("tool_calls") or []
+        if calls:
+            out = await run_search_calls(
+                calls,
+                self.retriever,
+                default_top_k=self.top_k,
+                max_top_k=self.max_top_k,
+                max_chars=self.max_passage_chars,
+            )
+            self._searches += out.searches
+            self._errors += out.errors
+            self._gold_retrieved |= bool(out.retrieved_ids & set(self._task.supporting_ids))
+            cut = self.num_steps + 1 >= self.max_turns
+            return out.messages, 0.0, False, cut, self._info()
+        answer = extract_answer(message.get("content") or "")
+        em, f1_score = exact_match(answer, self._task.answers), f1(answer, self._task.answers)
+        reward = em if self.reward_kind == "em" else f1_score
+        return [], reward, True, False, {**self._info(), "em": em, "f1": f1_score, "answer": answer}
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "searches": self._searches,
+            "tool_errors": self._errors,
+            "gold_retrieved": self._gold_retrieved,
+        }
+
+    def _task_index(self, options: dict[str, Any]) -> int:
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown reset options {unknown}; valid: {list(RESET_OPTIONS)}")
+        if "task_index" not in options:
+            return int(self.np_random.integers(len(self.tasks)))
+        index = options["task_index"]
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not 0 <= index < len(self.tasks)
+        ):
+            raise ValueError(f"options['task_index'] must be an int in [0, {len(self.tasks)})")
+        return index
+
+
+def _check_options(
+    top_k: int, max_top_k: int, max_passage_chars: int, max_turns: int, reward: str
+) -> None:
+    for name, value in (
+        ("top_k", top_k),
+        ("max_top_k", max_top_k),
+        ("max_passage_chars", max_passage_chars),
+        ("max_turns", max_turns),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if top_k > max_top_k:
+        raise ValueError(f"top_k ({top_k}) must be <= max_top_k ({max_top_k})")
+    if reward not in REWARD_KINDS:
+        raise ValueError(f"reward must be one of {REWARD_KINDS}, got {reward!r}")
