@@ -11,10 +11,12 @@ from areal_env.trainers.config import GRPOConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_readme_python_example_runs():
+def test_readme_python_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
     assert blocks, "README has no python example"
-    exec(compile(blocks[0], "README.md", "exec"), {})
+    namespace: dict = {}
+    for block in blocks:  # later examples may use names of earlier ones
+        exec(compile(block, "README.md", "exec"), namespace)
 
 
 def test_config_reference_is_up_to_date():
