@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,9 @@ class SearchEnv(AsyncEnv):
         dataset: ``"synthetic"`` (invented facts, generated in code) or a QA JSONL path.
         corpus: passages JSONL searched for a QA file (required with ``retriever="bm25"``);
             must be None for the synthetic task, which brings its own.
-        retriever: ``"bm25"`` (an embedded index, shared by the run's envs).
+        retriever: ``"bm25"`` (an embedded index, shared by the run's envs), or the
+            ``http://host:port`` of a Search-R1-style retrieval server (ours:
+            ``python -m areal_env.envs.search.server --corpus F``), checked at start-up.
         top_k: passages per search unless the call asks for another number.
         max_top_k: the most passages a call may ask for.
         max_passage_chars: each passage's text is cut to this many characters.
@@ -83,20 +87,30 @@ class SearchEnv(AsyncEnv):
     ) -> None:
         super().__init__(resources=resources)
         _check_options(top_k, max_top_k, max_passage_chars, max_turns, reward)
-        if retriever != "bm25":
-            raise ValueError(f"retriever must be 'bm25', got {retriever!r}")
+        if retriever != "bm25" and not retriever.startswith(("http://", "https://")):
+            raise ValueError(
+                "retriever must be 'bm25' or the http(s):// URL of a Search-R1-style "
+                f"retrieval server, got {retriever!r}"
+            )
         self.top_k, self.max_top_k = top_k, max_top_k
         self.max_passage_chars, self.max_turns = max_passage_chars, max_turns
         self.reward_kind, self.system_prompt = reward, system_prompt
-        self.tasks, self.retriever = self._load(dataset, corpus, num_entities, data_seed)
+        self.tasks, self.retriever = self._load(dataset, corpus, retriever, num_entities, data_seed)
         self._task: QATask | None = None
         self._searches = self._errors = 0
         self._gold_retrieved = False
 
     def _load(
-        self, dataset: str | Path, corpus: str | Path | None, num_entities: int, seed: int
+        self,
+        dataset: str | Path,
+        corpus: str | Path | None,
+        retriever: str,
+        num_entities: int,
+        seed: int,
     ) -> tuple[list[QATask], Retriever]:
         if str(dataset) == SYNTHETIC:
+            if retriever != "bm25":
+                raise ValueError("the synthetic task searches its own corpus: use retriever='bm25'")
             if corpus is not None:
                 raise ValueError("corpus must be None for the synthetic task (it has its own)")
             facts = self.resources.get(
@@ -107,11 +121,16 @@ class SearchEnv(AsyncEnv):
                 ("search/bm25/synthetic", num_entities, seed), lambda: BM25Retriever(facts.passages)
             )
             return facts.questions, index
-        if corpus is None:
+        if retriever == "bm25" and corpus is None:
             raise ValueError(f"dataset={str(dataset)!r} needs corpus= (a passages JSONL file)")
         tasks = self.resources.get(
             ("search/qa", str(Path(dataset).resolve())), lambda: load_qa(dataset)
         )
+        if retriever != "bm25":
+            return tasks, self.resources.get(
+                ("search/http", retriever), lambda: _reachable(retriever)
+            )
+        assert corpus is not None  # checked above
         path = Path(corpus).resolve()
         index = self.resources.get(
             ("search/bm25", str(path)), lambda: BM25Retriever.from_file(path)
@@ -182,6 +201,20 @@ class SearchEnv(AsyncEnv):
         ):
             raise ValueError(f"options['task_index'] must be an int in [0, {len(self.tasks)})")
         return index
+
+
+def _reachable(url: str) -> Retriever:
+    """An HTTP retriever for ``url``, checked now: an unreachable server fails at start-up.
+
+    The check runs on a short-lived thread with its own event loop, so it works
+    whether or not the caller is inside one (the retriever keeps a session per loop).
+    """
+    from areal_env.envs.search.http_retriever import HTTPRetriever
+
+    retriever = HTTPRetriever(url)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, retriever.check()).result()
+    return retriever
 
 
 def _check_options(

@@ -157,3 +157,62 @@ def test_hotpotqa_dev500(shared_data, tmp_path, monkeypatch):
         wrong = env.step("<answer>certainly not this</answer>")[1]
         assert (gold, wrong) == (1.0, 0.0)
     assert retrieved / 40 > 0.7
+
+
+def _hotpot_like_files(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    passages = [
+        {"id": "p1", "title": "Zorblat", "text": "Zorblat was founded by Queen Adela."},
+        {"id": "p2", "title": "Flimton", "text": "Flimton is a river."},
+    ]
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in passages))
+    qa = tmp_path / "qa.jsonl"
+    record = {
+        "question": "Who founded Zorblat?",
+        "answers": ["Queen Adela"],
+        "supporting_passage_ids": ["p1"],
+    }
+    qa.write_text(json.dumps(record) + "\n")
+    return qa, corpus
+
+
+def test_search_through_our_retrieval_server(tmp_path):
+    import subprocess
+    import sys
+
+    qa, corpus = _hotpot_like_files(tmp_path)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "areal_env.envs.search.server",
+            "--corpus",
+            str(corpus),
+            "--port",
+            "0",
+            "--cache-root",
+            str(tmp_path / "cache"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = server.stdout.readline().split()[-1]
+        env = SearchEnv(qa, retriever=url)
+        _, info = env.reset(seed=0)
+        obs, _, _, _, step = env.step(act(call(info["query"])))
+        assert "Queen Adela" in obs[0]["content"] and step["gold_retrieved"]
+        env.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_an_unreachable_retrieval_server_fails_at_start_up_naming_the_url(tmp_path):
+    from areal_env.envs.search.http_retriever import RetrieverError
+
+    qa, _ = _hotpot_like_files(tmp_path)
+    with pytest.raises(RetrieverError, match="127.0.0.1:9"):
+        SearchEnv(qa, retriever="http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="synthetic task searches its own corpus"):
+        SearchEnv(retriever="http://127.0.0.1:9")
