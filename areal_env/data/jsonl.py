@@ -17,8 +17,10 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from areal_env.rewards.math_verify import extract_gsm8k_answer
 
@@ -40,6 +42,34 @@ class MathTask:
     """The worked solution, when the data set has one."""
 
 
+def read_jsonl_objects(path: str | Path, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("file:line", record)`` for every non-blank line of a JSONL file of objects.
+
+    Args:
+        path: the ``.jsonl`` file.
+        what: what the file holds, for the not-found message (``"GSM8K JSONL"``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line is not JSON or not an object; the message names file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from e
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
 def load_gsm8k_jsonl(path: str | Path) -> list[MathTask]:
     """Read every record of a GSM8K-format JSONL file; blank lines are skipped.
 
@@ -54,24 +84,12 @@ def load_gsm8k_jsonl(path: str | Path) -> list[MathTask]:
         ValueError: a line is not JSON, lacks ``question``/``answer`` strings, or
             its answer has no ``#### <number>`` line; the message names file and line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GSM8K JSONL file not found: {path}")
-    tasks = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                tasks.append(_parse_line(line, f"{path}:{lineno}"))
-    return tasks
+    return [
+        _parse_record(record, where) for where, record in read_jsonl_objects(path, "GSM8K JSONL")
+    ]
 
 
-def _parse_line(line: str, where: str) -> MathTask:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from e
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _parse_record(record: dict[str, Any], where: str) -> MathTask:
     for key in ("question", "answer"):
         if not isinstance(record.get(key), str):
             raise ValueError(f"{where}: field {key!r} must be a string")
@@ -82,4 +100,4 @@ def _parse_line(line: str, where: str) -> MathTask:
     return MathTask(record["question"], answer, record["answer"])
 
 
-__all__ = ["MathTask", "load_gsm8k_jsonl"]
+__all__ = ["MathTask", "load_gsm8k_jsonl", "read_jsonl_objects"]

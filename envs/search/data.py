@@ -15,11 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from areal_env.data.jsonl import read_jsonl_objects
 from areal_env.envs.search.retrieval import Passage
 
 SYNTHETIC = "synthetic"
@@ -57,25 +58,14 @@ def load_qa(path: str | Path) -> list[QATask]:
         FileNotFoundError: when ``path`` does not exist.
         ValueError: naming the file and line of a malformed record, or an empty file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"QA file not found: {path}")
-    tasks = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                tasks.append(_parse_task(line, f"{path}:{n}"))
+    tasks = [_parse_task(record, where) for where, record in read_jsonl_objects(path, "QA")]
     if not tasks:
         raise ValueError(f"QA file {path} holds no question")
     return tasks
 
 
-def _parse_task(line: str, where: str) -> QATask:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("question"), str):
+def _parse_task(record: dict[str, Any], where: str) -> QATask:
+    if not isinstance(record.get("question"), str):
         raise ValueError(f"{where}: a QA record needs a string 'question'")
     answers = record.get("answers")
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from areal_env.data.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -64,35 +65,19 @@ def load_corpus(path: str | Path) -> list[Passage]:
             or an empty corpus.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file not found: {path}")
     passages: list[Passage] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            passage = _parse_passage(line, f"{path}:{n}")
-            if passage.id in seen:
-                raise ValueError(f"{path}:{n}: duplicate passage id {passage.id!r}")
-            seen.add(passage.id)
-            passages.append(passage)
+    for where, record in read_jsonl_objects(path, "corpus"):
+        for key in ("id", "title", "text"):
+            if not isinstance(record.get(key), str):
+                raise ValueError(f"{where}: passage field {key!r} must be a string")
+        if record["id"] in seen:
+            raise ValueError(f"{where}: duplicate passage id {record['id']!r}")
+        seen.add(record["id"])
+        passages.append(Passage(id=record["id"], title=record["title"], text=record["text"]))
     if not passages:
         raise ValueError(f"corpus file {path} holds no passage")
     return passages
-
-
-def _parse_passage(line: str, where: str) -> Passage:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: a passage must be a JSON object")
-    for key in ("id", "title", "text"):
-        if not isinstance(record.get(key), str):
-            raise ValueError(f"{where}: passage field {key!r} must be a string")
-    return Passage(id=record["id"], title=record["title"], text=record["text"])
 
 
 class BM25Retriever:

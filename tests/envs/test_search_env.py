@@ -119,19 +119,7 @@ def test_bad_qa_files_name_the_file_and_line(tmp_path):
 
 def test_qa_and_corpus_files_in_the_hotpotqa_format(tmp_path):
     # The HotpotQA path below, on a small file made here: runs on a plain clone.
-    corpus = tmp_path / "corpus.jsonl"
-    passages = [
-        {"id": "p1", "title": "Zorblat", "text": "Zorblat was founded by Queen Adela."},
-        {"id": "p2", "title": "Flimton", "text": "Flimton is a river."},
-    ]
-    corpus.write_text("".join(json.dumps(p) + "\n" for p in passages))
-    qa = tmp_path / "qa.jsonl"
-    record = {
-        "question": "Who founded Zorblat?",
-        "answers": ["Queen Adela"],
-        "supporting_passage_ids": ["p1"],
-    }
-    qa.write_text(json.dumps(record) + "\n")
+    qa, corpus = _hotpot_like_files(tmp_path)
     env = gym.make("areal/Search-v0", dataset=str(qa), corpus=str(corpus)).unwrapped
     _, info = env.reset(seed=0)
     assert info["query"] == "Who founded Zorblat?"

@@ -70,7 +70,7 @@ def test_index_is_cached_beside_the_corpus_and_reloaded(tmp_path, monkeypatch):
         ('{"id": 1, "title": "t", "text": "x"}\n', r"corpus.jsonl:1: passage field 'id'"),
         ('{"id": "a", "title": "t", "text": "x"}\n' * 2, r"corpus.jsonl:2: duplicate passage id"),
         ("\n\n", "holds no passage"),
-        ('["a"]\n', "must be a JSON object"),
+        ('["a"]\n', "expected a JSON object"),
     ],
 )
 def test_bad_corpus_files_name_the_file_and_line(tmp_path, content, match):
