@@ -431,13 +431,15 @@ class EpisodeBatch:
             logprobs=stack([s.logprobs for s in samples], 0.0, torch.float32),
             versions=stack([s.versions for s in samples], PROMPT_VERSION, torch.long),
             rewards=torch.tensor([trajs[r.episode].reward for r in chosen], dtype=torch.float32),
-            advantages=stack(self._row_advantages(keep, samples), 0.0, torch.float32),
+            advantages=stack(self._row_advantages(keep, chosen, samples), 0.0, torch.float32),
             temperatures=torch.tensor([s.temperature for s in samples], dtype=torch.float32),
             group_index=torch.tensor([r.group for r in chosen], dtype=torch.long),
             episode_index=torch.tensor([r.episode for r in chosen], dtype=torch.long),
         )
 
-    def _row_advantages(self, keep: list[int], samples: list[Sample]) -> list[list[float]]:
+    def _row_advantages(
+        self, keep: list[int], chosen: list[RowRef], samples: list[Sample]
+    ) -> list[list[float]]:
         if self.token_advantages is not None:
             out = [self.token_advantages[i] for i in keep]
             for i, adv, s in zip(keep, out, samples, strict=True):
@@ -449,8 +451,7 @@ class EpisodeBatch:
         if self.advantages is None:
             return [[0.0] * len(s) for s in samples]
         flat = [a for g in self.advantages for a in g]
-        refs = self.row_refs()
-        return [[flat[refs[i].episode]] * len(s) for i, s in zip(keep, samples, strict=True)]
+        return [[flat[r.episode]] * len(s) for r, s in zip(chosen, samples, strict=True)]
 
 
 @dataclass(kw_only=True, slots=True)

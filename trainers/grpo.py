@@ -96,6 +96,7 @@ async def train(
             t_wait = time.perf_counter() - t0
             batch = compute_advantages(batch, preset.advantage)
             rows = trainable_rows(batch)
+            num_rows = len(batch.row_refs())
             stats = {}
             if rows:  # a batch of only all-equal groups carries no gradient
                 stats = await asyncio.to_thread(backend.train_step, batch, loss_fn, rows)
@@ -113,7 +114,7 @@ async def train(
                     "time/step_s": step_s,
                     "time/wait_rollout_s": t_wait,
                     "throughput/gen_tokens_per_s": gen_tokens / max(step_s, 1e-9),
-                    "train/trained_fraction": len(rows) / max(len(batch.row_refs()), 1),
+                    "train/trained_fraction": len(rows) / max(num_rows, 1),
                     "train/version": float(version),
                 },
             )
