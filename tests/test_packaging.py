@@ -60,13 +60,38 @@ LAYERS = {
 }
 
 
+ON_TOP = {
+    # Modules inside areal_env/ that sit on top of every layer by design, so the
+    # layer rules do not apply to them. testing.py: the test doubles, built on
+    # envs.base and agents.base. eval.py: an entry point (python -m areal_env.eval)
+    # that builds model, env and agent with areal_env.trainers.build, as
+    # trainers/grpo.py does; it lives in the package so that `-m` finds it.
+    "areal_env/testing.py",
+    "areal_env/eval.py",
+}
+ENTRY_POINTS = ("areal_env.eval",)
+"""Top of the stack: no library module may import them."""
+
+
 def test_dependency_direction_is_one_way():
     bad = []
     for folder, forbidden in LAYERS.items():
         for path in (REPO / folder).rglob("*.py"):
-            if path.name == "testing.py":  # sits on top of core by design
+            if path.relative_to(REPO).as_posix() in ON_TOP:
                 continue
             for name in _imports(path):
                 if name.startswith(forbidden):
                     bad.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not bad, bad
+
+
+def test_nothing_in_the_library_imports_an_entry_point():
+    bad = []
+    for folder in (*LAYERS, "trainers"):
+        for path in (REPO / folder).rglob("*.py"):
+            bad += [
+                f"{path.relative_to(REPO)} imports {name}"
+                for name in _imports(path)
+                if name.startswith(ENTRY_POINTS)
+            ]
     assert not bad, bad
