@@ -17,19 +17,15 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 from areal_env.envs.base import AsyncEnv
-from areal_env.inference.engine import WeightTransport
+from areal_env.inference.replay import ReplayEngine
 from areal_env.models.tiny import build_tiny_model, build_tokenizer
 from areal_env.types import (
-    FinishReason,
-    GenerationRequest,
     GenerationResult,
     Sample,
     SamplingParams,
-    WeightUpdate,
 )
 
 __all__ = [
@@ -90,89 +86,12 @@ def char_tokenizer():  # -> PreTrainedTokenizerFast
     return build_tokenizer()
 
 
-class ScriptedEngine:
-    """Replays ``replies`` in order (cycling), one per request; an ``InferenceEngine``.
+class ScriptedEngine(ReplayEngine):
+    """Replays ``replies`` in order (cycling), one per request: the engine of tests.
 
-    Each reply is a list of token ids; the stop token of the request (its first
-    ``stop_token_ids`` entry) is appended when ``append_stop`` is True, so the
-    finish reason is "stop" as with a real model.
+    See :class:`~areal_env.inference.replay.ReplayEngine`; ``requests`` and
+    ``updates`` record what the code under test asked of it.
     """
-
-    def __init__(
-        self,
-        replies: Sequence[Sequence[int]],
-        *,
-        logprob: float = -1.0,
-        version: int = 0,
-        append_stop: bool = True,
-    ) -> None:
-        if not replies:
-            raise ValueError("ScriptedEngine needs at least one reply")
-        self.replies = [list(r) for r in replies]
-        self.logprob = logprob
-        self._version = version
-        self.append_stop = append_stop
-        self.requests: list[GenerationRequest] = []
-        self.updates: list[WeightUpdate] = []
-        self._resumed = asyncio.Event()
-        self._resumed.set()
-
-    @property
-    def version(self) -> int:
-        """Current weight version."""
-        return self._version
-
-    def set_version(self, version: int) -> None:
-        """Set the version stamped on new tokens."""
-        self._version = version
-
-    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
-        """Return the next scripted reply (waits while paused)."""
-        await self._resumed.wait()
-        reply = list(self.replies[len(self.requests) % len(self.replies)])
-        self.requests.append(request)
-        finish: FinishReason = "length"
-        stops = request.sampling.stop_token_ids
-        if self.append_stop and stops:
-            reply.append(stops[0])
-            finish = "stop"
-        reply = reply[: request.sampling.max_new_tokens]
-        if finish == "stop" and (not reply or reply[-1] != stops[0]):
-            finish = "length"
-        return GenerationResult(
-            request_id=request.request_id,
-            input_ids=request.input_ids,
-            output_ids=reply,
-            output_logprobs=[self.logprob] * len(reply),
-            output_versions=[self._version] * len(reply),
-            finish_reason=finish,
-        )
-
-    @property
-    def weight_transports(self) -> tuple[WeightTransport, ...]:
-        """Both: the update is recorded, never loaded."""
-        return ("state_dict", "disk")
-
-    async def abort(self, request_ids: Collection[str] | None = None) -> int:
-        """Nothing runs long enough to abort: replies are immediate. Returns 0."""
-        return 0
-
-    async def update_weights(self, update: WeightUpdate) -> None:
-        """Record the update and adopt its version."""
-        self.updates.append(update)
-        self._version = update.version
-
-    async def pause(self) -> None:
-        """Hold new requests until resume()."""
-        self._resumed.clear()
-
-    async def resume(self) -> None:
-        """Release held requests."""
-        self._resumed.set()
-
-    async def close(self) -> None:
-        """Nothing to release."""
-        self._resumed.set()
 
 
 class ParityEnv(AsyncEnv):

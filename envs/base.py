@@ -127,6 +127,17 @@ class AsyncEnv(gym.Env[list[Message], Action]):
         """OpenAI function schemas of the tools this env executes; none by default."""
         return []
 
+    def demonstration(self) -> list[Message] | None:
+        """The assistant messages of a gold episode of the current task, or None.
+
+        Called after a reset, for supervised warm starts: the messages are played
+        in order through the real agent and chat client (teacher forcing, see
+        ``areal_env.rollout.demonstrations``), so tool calls run and tool results
+        come back as in a rollout. None (the default) means the env has none of
+        its own; a reset ``info["answer"]`` then serves as a one-message reply.
+        """
+        return None
+
     # ---- native async API ------------------------------------------------------------
 
     async def areset(

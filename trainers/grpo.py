@@ -156,6 +156,7 @@ async def _run(cfg: GRPOConfig, parts: Components) -> Path:
             engine=parts.engine,
             client=parts.client,
             env_factory=parts.env_factory,
+            agent=parts.agent,
             episode_fn=parts.episode_fn,
             seed=cfg.seed,
             progress=cfg.metrics.progress,

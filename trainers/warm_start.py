@@ -1,8 +1,11 @@
 """Supervised warm start on an env's reference answers, stopped on sampled accuracy.
 
 RL from a randomly initialised model has no signal: every group is all-zero.
-We first fine-tune on demonstrations (the env's prompt + its ``info["answer"]``
-as the assistant reply, loss on the reply tokens only) and stop as soon as
+We first fine-tune on demonstrations (gold episodes played through the real
+agent, chat client and env by teacher forcing: ``env.demonstration()``, else the
+reset ``info["answer"]`` as the reply; loss on the assistant's tokens only, so
+a search demonstration trains the tool call and the answer, not the passages the
+tool returned) and stop as soon as
 the accuracy of *sampled* answers, measured through the real rollout path
 (engine -> client -> agent -> env reward), reaches a target. Stopping on an
 accuracy target rather than a step count leaves mostly mixed groups, which is
@@ -20,13 +23,13 @@ from typing import Any
 import torch
 
 from areal_env.progress import progress_bar
-from areal_env.rollout.episode import close_env
+from areal_env.rollout.demonstrations import build_demonstrations
 from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
 from areal_env.trainers.config import WarmStartConfig
 from areal_env.trainers.weight_sync import push_weights
-from areal_env.types import EpisodeBatch, Sample, Trajectory
+from areal_env.types import EpisodeBatch
 
 logger = logging.getLogger(__name__)
 
@@ -48,29 +51,6 @@ class WarmStartResult:
     """Whether accuracy reached the target before max_steps."""
 
 
-async def demonstrations(env_factory: Any, client: Any, n: int) -> list[Trajectory]:
-    """``n`` prompt + reference-answer sequences built through the chat template."""
-    tok = client.tokenizer
-    demos = []
-    for i in range(n):
-        env = env_factory()
-        obs, info = await env.areset(seed=DEMO_SEED_OFFSET + i)
-        await close_env(env)
-        if "answer" not in info:
-            raise ValueError("warm_start needs an env whose reset info has an 'answer'")
-        sample = Sample()
-        sample.append_prompt(
-            client.encode(client.render(list(obs), env.tools, generation_prompt=True))
-        )
-        reply = client.encode(str(info["answer"])) + [tok.eos_token_id]
-        sample.input_ids.extend(reply)
-        sample.loss_mask.extend([1] * len(reply))
-        sample.logprobs.extend([0.0] * len(reply))
-        sample.versions.extend([0] * len(reply))
-        demos.append(Trajectory(samples=[sample]))
-    return demos
-
-
 async def sampled_accuracy(episode_fn: Any, n: int) -> float:
     """Mean reward of ``n`` fresh episodes on held-out task seeds."""
     trajs = await asyncio.gather(*(episode_fn(EVAL_SEED_OFFSET + i, 0) for i in range(n)))
@@ -84,6 +64,7 @@ async def warm_start(
     engine: Any,
     client: Any,
     env_factory: Any,
+    agent: Any,
     episode_fn: Any,
     seed: int,
     progress: bool = True,
@@ -99,7 +80,14 @@ async def warm_start(
         ),
         pad_id=client.tokenizer.pad_token_id,
     )
-    pool = await demonstrations(env_factory, client, cfg.num_demos)
+    seeds = range(DEMO_SEED_OFFSET, DEMO_SEED_OFFSET + cfg.num_demos)
+    pool, built = await build_demonstrations(env_factory, agent, client, seeds=seeds)
+    if built.dropped:
+        logger.warning(
+            "warm start: %d of %d demonstrations missed their reward and were dropped",
+            built.dropped,
+            cfg.num_demos,
+        )
     rng = random.Random(seed)
     accuracy, step = 0.0, 0
     bar = progress_bar(total=cfg.max_steps, desc="warm start", enabled=progress)

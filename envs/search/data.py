@@ -33,7 +33,13 @@ RELATIONS = (
 )
 """(relation, fact template, question template) of the synthetic task."""
 
-_SYLLABLES = ("zor", "bla", "quen", "mar", "dor", "via", "fli", "mton", "ka", "rel", "tu", "nis")
+_SYLLABLES = (
+    "zor", "bla", "quen", "mar", "dor", "via", "fli", "mton", "ka", "rel", "tu", "nis",
+    "bo", "gri", "lan", "pes", "sha", "vek", "wu", "xan", "yol", "eth", "ib", "om",
+)  # fmt: skip
+MAX_ENTITIES = 5000
+"""Most entities the synthetic task invents: names are 2-3 of 24 syllables (14,400
+spellings), and drawing many more than a third of them would mostly draw repeats."""
 
 
 @dataclass(kw_only=True, slots=True, frozen=True)
@@ -99,16 +105,16 @@ class SyntheticFacts:
     questions: list[QATask] = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.num_entities < 1:
-            raise ValueError(f"num_entities must be >= 1, got {self.num_entities}")
+        if not 1 <= self.num_entities <= MAX_ENTITIES:
+            raise ValueError(
+                f"num_entities must be in [1, {MAX_ENTITIES}], got {self.num_entities}"
+            )
         if not 1 <= self.relations <= len(RELATIONS):
             raise ValueError(f"relations must be in [1, {len(RELATIONS)}], got {self.relations}")
         rng = random.Random(self.seed)
-        entities: list[str] = []
+        entities: dict[str, None] = {}  # insertion-ordered set
         while len(entities) < self.num_entities:
-            name = _name(rng)
-            if name not in entities:
-                entities.append(name)
+            entities.setdefault(_name(rng))
         self.passages, self.questions = [], []
         for i, entity in enumerate(entities):
             for relation, fact, question in RELATIONS[: self.relations]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,25 @@ class SearchEnv(AsyncEnv):
     def tools(self) -> list[dict[str, Any]]:
         """The ``search`` function schema."""
         return [SEARCH_TOOL]
+
+    def demonstration(self) -> list[Message] | None:
+        """Gold search-then-answer messages: search the task's query, answer in tags.
+
+        For the synthetic task the query names the entity, so the search always
+        shows the supporting passage; for a QA file it is the question itself.
+        """
+        if self._task is None:
+            return None
+        query = self._task.query or self._task.question
+        call = {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "search", "arguments": json.dumps({"query": query})},
+        }
+        return [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "assistant", "content": f"<answer>{self._task.answers[0]}</answer>"},
+        ]
 
     async def _areset(self, options: dict[str, Any]) -> tuple[list[Message], dict[str, Any]]:
         index = self._task_index(options)
