@@ -2,7 +2,9 @@
 
 A QA file holds one ``{"question": str, "answers": [str, ...]}`` object per line
 (``supporting_passage_ids`` optional: the passages that answer it), the format of
-HotpotQA/NQ exports used by Search-R1. The synthetic task invents entities and
+HotpotQA/NQ exports used by Search-R1. A Hugging Face dataset (hub id or a local
+folder) with a ``question`` column and the answers in ``answers``,
+``golden_answers`` or ``answer`` works too. The synthetic task invents entities and
 facts in code, so no download is needed and no question can be answered
 without searching: the names exist nowhere but in the generated corpus.
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from areal_env.data.hf import read_hf_records
 from areal_env.data.jsonl import read_jsonl_objects
 from areal_env.envs.search.retrieval import Passage
 
@@ -57,25 +60,52 @@ class QATask:
     question itself."""
 
 
-def load_qa(path: str | Path) -> list[QATask]:
-    """Read a QA JSONL file.
+ANSWER_KEYS = ("answers", "golden_answers", "answer")
+"""Where a record's gold answers may sit, in order: our files and Search-R1's
+(``golden_answers``) hold a list; HotpotQA on the hub one string (``answer``);
+SQuAD-style data a ``{"text": [...]}`` object."""
+
+
+def load_qa(path: str | Path, *, split: str = "train") -> list[QATask]:
+    """Read a QA JSONL file, or a Hugging Face dataset (hub id or local folder).
+
+    ``path`` is read as JSONL when it is a file or ends in ``.jsonl``; anything
+    else is handed to the ``datasets`` library (``split`` chooses the split).
 
     Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: naming the file and line of a malformed record, or an empty file.
+        FileNotFoundError: when a JSONL ``path`` does not exist.
+        ValueError: naming the file and line (or dataset row) of a malformed record,
+            or an empty source.
     """
-    tasks = [_parse_task(record, where) for where, record in read_jsonl_objects(path, "QA")]
+    if Path(path).is_file() or str(path).endswith((".jsonl", ".json")):
+        records = read_jsonl_objects(path, "QA")
+    else:
+        records = read_hf_records(str(path), split=split, what="QA")
+    tasks = [_parse_task(record, where) for where, record in records]
     if not tasks:
-        raise ValueError(f"QA file {path} holds no question")
+        raise ValueError(f"QA data {path} holds no question")
     return tasks
+
+
+def _answers(record: dict[str, Any]) -> Any:
+    for key in ANSWER_KEYS:
+        if key in record:
+            value = record[key]
+            if isinstance(value, dict):  # SQuAD: {"text": [...], "answer_start": [...]}
+                value = value.get("text")
+            return [value] if isinstance(value, str) else value
+    return None
 
 
 def _parse_task(record: dict[str, Any], where: str) -> QATask:
     if not isinstance(record.get("question"), str):
         raise ValueError(f"{where}: a QA record needs a string 'question'")
-    answers = record.get("answers")
+    answers = _answers(record)
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-        raise ValueError(f"{where}: 'answers' must be a non-empty list of strings")
+        raise ValueError(
+            f"{where}: the gold answers (one of {list(ANSWER_KEYS)}) must be a string or a "
+            f"non-empty list of strings; the record has keys {sorted(record)}"
+        )
     support = record.get("supporting_passage_ids", [])
     if not isinstance(support, list) or not all(isinstance(s, str) for s in support):
         raise ValueError(f"{where}: 'supporting_passage_ids' must be a list of strings")

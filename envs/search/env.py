@@ -53,7 +53,9 @@ class SearchEnv(AsyncEnv):
     """Multi-turn question answering with a search tool over a real index.
 
     Args:
-        dataset: ``"synthetic"`` (invented facts, generated in code) or a QA JSONL path.
+        dataset: ``"synthetic"`` (invented facts, generated in code), a QA JSONL path, or
+            a Hugging Face dataset (hub id or local folder; needs ``areal-env[hf]``).
+        dataset_split: the split read from a Hugging Face dataset.
         corpus: passages JSONL searched for a QA file (required with ``retriever="bm25"``);
             must be None for the synthetic task, which brings its own.
         retriever: ``"bm25"`` (an embedded index, shared by the run's envs), or the
@@ -75,6 +77,7 @@ class SearchEnv(AsyncEnv):
         dataset: str | Path = SYNTHETIC,
         corpus: str | Path | None = None,
         *,
+        dataset_split: str = "train",
         retriever: str = "bm25",
         top_k: int = 3,
         max_top_k: int = 10,
@@ -96,6 +99,7 @@ class SearchEnv(AsyncEnv):
         self.top_k, self.max_top_k = top_k, max_top_k
         self.max_passage_chars, self.max_turns = max_passage_chars, max_turns
         self.reward_kind, self.system_prompt = reward, system_prompt
+        self.dataset_split = dataset_split
         self.tasks, self.retriever = self._load(dataset, corpus, retriever, num_entities, data_seed)
         self._task: QATask | None = None
         self._searches = self._errors = 0
@@ -124,8 +128,10 @@ class SearchEnv(AsyncEnv):
             return facts.questions, index
         if retriever == "bm25" and corpus is None:
             raise ValueError(f"dataset={str(dataset)!r} needs corpus= (a passages JSONL file)")
+        source = str(Path(dataset).resolve()) if Path(dataset).exists() else str(dataset)
         tasks = self.resources.get(
-            ("search/qa", str(Path(dataset).resolve())), lambda: load_qa(dataset)
+            ("search/qa", source, self.dataset_split),
+            lambda: load_qa(dataset, split=self.dataset_split),
         )
         if retriever != "bm25":
             return tasks, self.resources.get(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import gymnasium as gym
 import pytest
@@ -111,7 +112,7 @@ def test_bad_options_fail_at_construction_naming_the_option(kwargs, match):
 def test_bad_qa_files_name_the_file_and_line(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text('{"question": "q", "answers": ["a"]}\n{"question": "q", "answers": []}\n')
-    with pytest.raises(ValueError, match=r"qa.jsonl:2: 'answers'"):
+    with pytest.raises(ValueError, match=r"qa.jsonl:2: the gold answers"):
         load_qa(path)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_qa(tmp_path / "missing.jsonl")
@@ -204,3 +205,43 @@ def test_an_unreachable_retrieval_server_fails_at_start_up_naming_the_url(tmp_pa
         SearchEnv(qa, retriever="http://127.0.0.1:9")
     with pytest.raises(ValueError, match="synthetic task searches its own corpus"):
         SearchEnv(retriever="http://127.0.0.1:9")
+
+
+def test_a_hugging_face_dataset_folder_is_read_by_split(tmp_path):
+    """``dataset=`` a folder saved by ``datasets`` (hub datasets load the same way)."""
+    import datasets  # the hf extra; a dev dependency
+
+    rows = {
+        "train": [{"question": "Who?", "answer": "Zed"}, {"question": "Where?", "answer": "Ur"}],
+        "validation": [{"question": "When?", "golden_answers": ["1901", "nineteen oh one"]}],
+    }
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in rows.items()}).save_to_disk(
+        saved
+    )
+    assert [t.answers for t in load_qa(saved)] == [("Zed",), ("Ur",)]
+    (task,) = load_qa(saved, split="validation")
+    assert task.question == "When?" and task.answers == ("1901", "nineteen oh one")
+    with pytest.raises(ValueError, match=r"no split 'test'.*validation"):
+        load_qa(saved, split="test")
+    # A folder of data files goes through load_dataset; SQuAD-style answer objects work.
+    files = tmp_path / "files"
+    files.mkdir()
+    record = {"question": "Which?", "answers": {"text": ["This one"], "answer_start": [0]}}
+    (files / "train.jsonl").write_text(json.dumps(record) + "\n")
+    (task,) = load_qa(files)
+    assert task.answers == ("This one",)
+    # And the env takes it, with a corpus to search.
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"id": "p1", "title": "Zed", "text": "Zed did it."}) + "\n")
+    env = SearchEnv(dataset=str(saved), corpus=corpus, dataset_split="train")
+    _, info = env.reset(options={"task_index": 0})
+    assert info["answers"] == ["Zed"] and env.step("<answer>Zed</answer>")[1] == 1.0
+
+
+def test_a_dataset_that_cannot_load_is_named(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"cannot load QA dataset .*nothing-here"):
+        load_qa(tmp_path / "nothing-here")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"areal-env\[hf\]"):
+        load_qa(tmp_path / "nothing-here")
