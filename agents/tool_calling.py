@@ -8,7 +8,7 @@ token sequence where it can (sampled ids kept, env messages appended as prompt
 tokens), so nothing the model sampled is re-tokenized. The env, not the agent,
 runs tools: a malformed call is the env's to answer with an error message.
 
-Per-episode metrics (averaged into ``rollout/<name>``): ``num_turns``,
+Per-episode metrics (averaged into ``rollout/<name>_mean``): ``num_turns``,
 ``tool_calls``, ``tool_errors`` (as the env reports them), ``context_cut``.
 
 Example:

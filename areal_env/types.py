@@ -291,8 +291,8 @@ class Trajectory:
     info: dict[str, Any] = field(default_factory=dict)
     """Free-form per-episode facts from env and agent (e.g. accuracy)."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """Per-episode counters the rollout layer averages into ``rollout/*`` metrics
-    (e.g. ``drift_events``, ``tool_call_parse_errors``)."""
+    """Per-episode counters the rollout layer averages into metrics
+    as ``rollout/<key>_mean`` (e.g. ``drift_events``, ``tool_call_parse_errors``)."""
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.samples)

@@ -86,9 +86,12 @@ def batch_stats(groups: Sequence[Group], *, version: int) -> dict[str, float]:
 
     Returns:
         ``rollout/*`` metrics; ``reward_std`` is the population std over episodes.
-        Each key of the episodes' ``Trajectory.metrics`` (drift events, tool-call
-        parse errors, ...) becomes ``rollout/<key>``: its mean over the episodes,
-        an episode without the key counting 0.
+        Each key of the episodes' ``Trajectory.metrics`` (turns, tool calls, drift
+        events, tool-call parse errors, ...) becomes ``rollout/<key>_mean``: its
+        mean over the episodes, an episode without the key counting 0. Two totals
+        read better than means: ``rollout/tool_errors`` (malformed or failed tool
+        calls in the batch) and ``rollout/template_split_rate`` (the fraction of
+        episodes that the chat template's drift split into several rows).
     """
     trajs = [t for g in groups for t in g]
     if not trajs:
@@ -104,6 +107,10 @@ def batch_stats(groups: Sequence[Group], *, version: int) -> dict[str, float]:
         "rollout/seq_len_mean": statistics.fmean(len(t) for t in trajs),
         "rollout/all_equal_groups": sum(map(all_rewards_equal, groups)) / len(groups),
         "rollout/samples_per_episode": statistics.fmean(len(t.samples) for t in trajs),
+        "rollout/tool_errors": sum(t.metrics.get("tool_errors", 0.0) for t in trajs),
+        "rollout/template_split_rate": statistics.fmean(
+            float(t.metrics.get("template_splits", 0.0) > 0) for t in trajs
+        ),
         **episode_metrics(trajs),
     }
 
@@ -113,11 +120,11 @@ def episode_metrics(trajs: Sequence[Trajectory]) -> dict[str, float]:
 
     Example:
         >>> episode_metrics([Trajectory(metrics={"drift_events": 2.0}), Trajectory()])
-        {'rollout/drift_events': 1.0}
+        {'rollout/drift_events_mean': 1.0}
     """
     keys = sorted({k for t in trajs for k in t.metrics})
     n = max(len(trajs), 1)
-    return {f"rollout/{k}": sum(t.metrics.get(k, 0.0) for t in trajs) / n for k in keys}
+    return {f"rollout/{k}_mean": sum(t.metrics.get(k, 0.0) for t in trajs) / n for k in keys}
 
 
 def build_batch(
