@@ -137,6 +137,12 @@ class BM25Retriever:
 
     def search_batch(self, queries: list[str], *, top_k: int = 3) -> list[list[Passage]]:
         """Top passages of several queries in one sparse-matrix pass (blocking)."""
+        return [[p for p, _ in found] for found in self.search_batch_scored(queries, top_k=top_k)]
+
+    def search_batch_scored(
+        self, queries: list[str], *, top_k: int = 3
+    ) -> list[list[tuple[Passage, float]]]:
+        """Like :meth:`search_batch`, with each passage's BM25 score (only scores > 0)."""
         import bm25s
 
         if top_k < 1:
@@ -145,13 +151,13 @@ class BM25Retriever:
         tokens = bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False)
         vocab = self._index.vocab_dict
         known = [[t for t in q if t in vocab] for q in tokens]
-        results: list[list[Passage]] = [[] for _ in queries]
+        results: list[list[tuple[Passage, float]]] = [[] for _ in queries]
         asked = [i for i, q in enumerate(known) if q]  # a query of unknown words finds nothing
         if asked:
             docs, scores = self._index.retrieve([known[i] for i in asked], k=k, show_progress=False)
             for row, i in enumerate(asked):
                 results[i] = [
-                    self.passages[int(d)]
+                    (self.passages[int(d)], float(s))
                     for d, s in zip(docs[row], scores[row], strict=True)
                     if s > 0
                 ]

@@ -6,12 +6,11 @@ one copy per process, and Search-R1's and ASearcher's clients can use our
 corpora unchanged. Routes:
 
 - ``POST /retrieve`` with ``{"queries": [...], "topk": k, "return_scores": bool}``
-  answers ``{"result": [[{"document": DOC, "score": null}, ...], ...]}`` (one list
+  answers ``{"result": [[{"document": DOC, "score": S}, ...], ...]}`` (one list
   per query, best first; each item is ``DOC`` itself when ``return_scores`` is
   false), where ``DOC`` is ``{"id", "contents": "\"Title\"\ntext", "title", "text"}``
-  (see :func:`~areal_env.envs.search.http_retriever.passage_to_document`). The
-  score is null: ``BM25Retriever.search_batch`` returns passages without their
-  scores, and the Search-R1 / ASearcher clients read only the document.
+  (see :func:`~areal_env.envs.search.http_retriever.passage_to_document`) and
+  ``S`` the BM25 score (null for a retriever without ``search_batch_scored``).
 - ``GET /health``: ``{"status": "ok", "passages": N}``.
 
 Queries are batched: BM25 scores many queries in one sparse-matrix pass far
@@ -58,6 +57,10 @@ class BatchRetriever(Protocol):
         ...
 
 
+Scored = list[tuple[Passage, float | None]]
+"""One query's passages, best first, each with its score (None when not known)."""
+
+
 class _ShuttingDown(Exception):
     """Set on the queries still waiting when the server stops."""
 
@@ -66,7 +69,7 @@ class _ShuttingDown(Exception):
 class _Job:
     queries: list[str]
     top_k: int
-    future: asyncio.Future[list[list[Passage]]] = field(repr=False)
+    future: asyncio.Future[list[Scored]] = field(repr=False)
 
 
 class RetrievalServer:
@@ -159,10 +162,13 @@ class RetrievalServer:
     async def retrieve(self, queries: list[str], top_k: int) -> list[list[Passage]]:
         """Score ``queries`` in the next batch and return their passages.
 
-        What the ``/retrieve`` handler awaits; public so that in-process callers
-        share the batching too.
+        Public so that in-process callers share the batching too.
         """
-        future: asyncio.Future[list[list[Passage]]] = asyncio.get_running_loop().create_future()
+        return [[p for p, _ in found] for found in await self.retrieve_scored(queries, top_k)]
+
+    async def retrieve_scored(self, queries: list[str], top_k: int) -> list[Scored]:
+        """Like :meth:`retrieve`, with scores: what the ``/retrieve`` handler awaits."""
+        future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
         self._pending.append(_Job(list(queries), top_k, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
@@ -202,7 +208,7 @@ class RetrievalServer:
         self.batches += 1
         self.queries += len(queries)
         try:
-            found = await asyncio.to_thread(self.retriever.search_batch, queries, top_k=top_k)
+            found = await asyncio.to_thread(self._search, queries, top_k)
             if len(found) != len(queries):
                 raise RuntimeError(f"search_batch gave {len(found)} results for {len(queries)}")
         except Exception as e:
@@ -217,23 +223,32 @@ class RetrievalServer:
                 job.future.set_result(found[start : start + len(job.queries)])
             start += len(job.queries)
 
+    def _search(self, queries: list[str], top_k: int) -> list[Scored]:
+        scored = getattr(self.retriever, "search_batch_scored", None)
+        if scored is not None:
+            return [list(found) for found in scored(queries, top_k=top_k)]
+        return [
+            [(p, None) for p in found]
+            for found in self.retriever.search_batch(queries, top_k=top_k)
+        ]
+
     async def _handle_retrieve(self, request: web.Request) -> web.Response:
         try:
             queries, top_k, with_scores = self._parse_request(await request.json())
         except ValueError as e:  # json.JSONDecodeError is one
             return web.json_response({"error": f"bad request: {e}"}, status=400)
         try:
-            found = await self.retrieve(queries, top_k) if queries else []
+            found = await self.retrieve_scored(queries, top_k) if queries else []
         except _ShuttingDown as e:
             return web.json_response({"error": str(e)}, status=503)
         except Exception as e:
             return web.json_response({"error": f"retrieval failed: {e!r}"}, status=500)
         result = [
             [
-                {"document": passage_to_document(p), "score": None}
+                {"document": passage_to_document(p), "score": score}
                 if with_scores
                 else passage_to_document(p)
-                for p in passages
+                for p, score in passages
             ]
             for passages in found
         ]

@@ -208,7 +208,7 @@ async def test_hotpotqa_questions_get_the_same_passages_over_http(shared_data):
 # --- our server's wire format (what Search-R1 / ASearcher clients read) --------------------
 
 
-async def test_server_answers_in_the_search_r1_shape(served):
+async def test_server_answers_in_the_search_r1_shape(served, bm25):
     server, _ = served
     async with aiohttp.ClientSession() as session:
         payload = {"queries": ["capital of Quenmar", "xyzzy"], "topk": 2, "return_scores": True}
@@ -220,7 +220,10 @@ async def test_server_answers_in_the_search_r1_shape(served):
         assert hits[0]["document"]["id"] == "p0"
         zorblat = '"Zorblat"\nZorblat is the capital city of Quenmar.'
         assert hits[0]["document"]["contents"] == zorblat
-        assert "score" in hits[0]
+        # Real BM25 scores, best first, as the embedded index scores them.
+        expected = bm25.search_batch_scored(["capital of Quenmar"], top_k=2)[0]
+        assert [h["score"] for h in hits] == pytest.approx([sc for _, sc in expected])
+        assert hits[0]["score"] >= hits[1]["score"] > 0
         # Search-R1's client: title = first line of contents, text = the rest.
         assert hits[0]["document"]["contents"].split("\n")[0] == '"Zorblat"'
 
@@ -464,3 +467,12 @@ def vars_of(p: Passage) -> dict[str, str]:
 
 def test_http_retriever_docstring_example_runs():
     assert doctest.testmod(http_retriever).failed == 0
+
+
+async def test_a_retriever_without_scores_is_served_with_null_scores(bm25):
+    async with RetrievalServer(CountingRetriever(bm25), port=0) as server:
+        async with aiohttp.ClientSession() as session:
+            payload = {"queries": ["capital of Quenmar"], "topk": 2, "return_scores": True}
+            async with session.post(f"{server.url}/retrieve", json=payload) as resp:
+                (hits,) = (await resp.json())["result"]
+    assert [h["score"] for h in hits] == [None, None] and hits[0]["document"]["id"] == "p0"
