@@ -28,12 +28,19 @@ if (_REPO_ROOT / "pyproject.toml").exists() and (_REPO_ROOT / "envs").is_dir():
 
 __version__ = "0.1.0"
 
-ENV_IDS: tuple[str, ...] = ("areal/Math-v0", "areal/Search-v0")
+ENV_IDS: tuple[str, ...] = (
+    "areal/Math-v0",
+    "areal/MultiTurnMath-v0",
+    "areal/Countdown-v0",
+    "areal/Search-v0",
+)
 """Every environment id this package registers."""
 
 
 _ENTRY_POINTS = {
     "areal/Math-v0": "areal_env.envs.math.env:MathEnv",
+    "areal/MultiTurnMath-v0": "areal_env.envs.math.multi_turn:MultiTurnMathEnv",
+    "areal/Countdown-v0": "areal_env.envs.countdown.env:CountdownEnv",
     "areal/Search-v0": "areal_env.envs.search.env:SearchEnv",
 }
 
