@@ -1,9 +1,24 @@
 r"""Math answer reward with HuggingFace Math-Verify, in a process pool, cached.
 
-``math_reward(response, gold)`` is 1.0 when Math-Verify finds the response's
-final answer equal to the gold one (``\boxed{85}``, ``85`` and ``85.0`` all match
-``85``), else 0.0; a response Math-Verify cannot parse scores 0.0 too, as that
-is a verdict. A check that cannot give a verdict raises
+``math_reward(response, gold)`` is 1.0 when the response's final answer equals
+the gold one (``\boxed{85}``, ``85`` and ``85.0`` all match ``85``), else 0.0; a
+response Math-Verify cannot parse scores 0.0 too, as that is a verdict. A check
+goes in three steps:
+
+1. **Extract** the final answer (:mod:`~areal_env.rewards.answer_extraction`,
+   whose docstring lists the rules): the last ``\boxed{}``, else the last stated
+   answer (``answer is``, ``Answer:``, ``####``) up to the end of its sentence,
+   else the whole response. Math-Verify left to itself reads past a stated answer
+   into a check line (``The answer is 42. Check: 42 + 8 = 50.`` scored 50) and
+   reads a bare LaTeX gold such as ``\left( 3, \frac{\pi}{2} \right)`` as 3.
+2. **Fast path**: when the answer and the gold are both plain decimal numbers,
+   :func:`plain_number_verdict` gives Math-Verify's verdict without calling it,
+   only where it provably agrees (ASCII digits, integers exactly, decimals within
+   float precision); a test checks that on thousands of random pairs.
+3. **Math-Verify** in a worker process, on the forms of answer and gold that the
+   extraction chose.
+
+A check that cannot give a verdict raises
 :class:`~areal_env.errors.RewardError` instead, because a broken verifier must
 not read as a wrong answer: the check ran past its timeout, or its worker
 process crashed or could not start. It never hangs, from any thread:
@@ -52,6 +67,12 @@ from typing import Any
 from pebble import ProcessExpired, ProcessPool
 
 from areal_env.errors import RewardError
+from areal_env.rewards.answer_extraction import (
+    FinalAnswer,
+    final_answer,
+    gold_candidates,
+    set_against_tuple,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,27 +95,56 @@ WORKER_NAME = "areal-math-verify"
 """The ``multiprocessing`` name of the verifier processes."""
 
 
-# No leading "+": Math-Verify does not read "+12" as 12, and we must agree with it.
-_PLAIN_NUMBER = re.compile(r"-?(\d+(\.\d*)?|\.\d+)")
+MAX_EXACT_DIGITS = 15
+"""A decimal with more significant digits than this goes to Math-Verify (float precision)."""
+
+MAX_EXACT_DECIMALS = 6
+"""A decimal with more digits after the point than this goes to Math-Verify (it rounds to 6)."""
+
+# ASCII digits only: a bare \d accepts "٣" and "３", which Decimal reads as 3 and
+# Math-Verify not at all. Nor does Math-Verify read "+12", "-.5" or "-03" as a number
+# (nor a boxed "3."): none of them is plain here.
+_PLAIN_NUMBER = re.compile(r"(?!-0[0-9])-?[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+_ASCII_SPACE = " \t\r\n"
 
 
 def plain_number_verdict(response: str, gold: str) -> bool | None:
-    r"""Compare two bare decimal numbers exactly; None when either is anything else.
+    r"""Math-Verify's verdict on two bare decimal numbers, without calling it; else None.
 
     Math-Verify spends about a millisecond per uncached call, as much as
     sampling a short answer on CPU. When response and gold are both nothing but
-    a decimal number (``"85"``, ``" -3.50 "``), the verdict needs no parsing:
-    equal values. Anything else (LaTeX, words, units, expressions) goes to
-    Math-Verify. A test checks both paths agree on such inputs.
+    a plain decimal number (``"85"``, ``" -3.50 "``), its verdict is known:
+    integers compare exactly, and a decimal compares by value as long as
+    Math-Verify's own float handling cannot blur it: at most ``MAX_EXACT_DECIMALS``
+    digits after the point (it rounds both sides to 6 decimals, so ``0.1234565``
+    equals ``0.1234564`` there) and ``MAX_EXACT_DIGITS`` significant digits
+    (15-digit floats). Anything else (LaTeX, words, units, expressions, ``+12``,
+    non-ASCII digits, longer decimals) is None and goes to Math-Verify. A test
+    checks the claim on thousands of random pairs against Math-Verify.
 
     Example:
         >>> plain_number_verdict(" 85.0", "85"), plain_number_verdict("\\boxed{85}", "85")
         (True, None)
+        >>> plain_number_verdict("0.1234565", "0.1234564") is None
+        True
     """
-    r, g = response.strip(), gold.strip()
+    r, g = response.strip(_ASCII_SPACE), gold.strip(_ASCII_SPACE)
     if not (_PLAIN_NUMBER.fullmatch(r) and _PLAIN_NUMBER.fullmatch(g)):
         return None
-    return decimal.Decimal(r) == decimal.Decimal(g)
+    if "." not in r and "." not in g:
+        return int(r) == int(g)
+    a, b = decimal.Decimal(r), decimal.Decimal(g)
+    if not (_float_safe(a) and _float_safe(b)):
+        return None
+    return a == b
+
+
+def _float_safe(number: decimal.Decimal) -> bool:
+    """Whether Math-Verify's floats (15 digits, rounded to 6 decimals) keep ``number`` exact."""
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite: it matched _PLAIN_NUMBER
+    significant = "".join(map(str, digits)).lstrip("0")
+    return -exponent <= MAX_EXACT_DECIMALS and len(significant) <= MAX_EXACT_DIGITS
 
 
 def instant_math_reward(response: str, gold: str) -> float | None:
@@ -117,14 +167,17 @@ def instant_math_reward(response: str, gold: str) -> float | None:
 def math_reward(response: str, gold: str) -> float:
     r"""Score a model response against a gold answer: 1.0 if equivalent, else 0.0.
 
-    Verdicts are cached on ``(response, gold)``; input that is not a string,
-    or that Math-Verify cannot parse, scores 0.0. Blocks on a miss (up to
-    ``DEFAULT_TIMEOUT_S`` once a worker has taken the check), so call it via
-    ``asyncio.to_thread`` from async code.
+    The response's final answer is extracted first (:func:`final_answer`: the
+    last box, else the stated answer, else the whole response), then compared
+    by the bare-number fast path or by Math-Verify. Verdicts are cached on
+    ``(response, gold)``; input that is not a string, or that Math-Verify cannot
+    parse, scores 0.0. Blocks on a miss (up to ``DEFAULT_TIMEOUT_S`` once a
+    worker has taken the check), so call it via ``asyncio.to_thread`` from async code.
 
     Args:
-        response: the model's text; its final answer is extracted by Math-Verify.
-        gold: the reference answer, e.g. ``"72"`` or ``"\frac{1}{2}"``.
+        response: the model's text (only its last ``MAX_RESPONSE_CHARS`` are read).
+        gold: the reference answer, e.g. ``"72"`` or ``"\frac{1}{2}"`` (bare LaTeX
+            is read as LaTeX).
 
     Returns:
         1.0 or 0.0.
@@ -146,67 +199,82 @@ def math_reward(response: str, gold: str) -> float:
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _cached_reward(response: str, gold: str) -> float:
     # lru_cache stores return values only: a RewardError raised here is not cached.
-    return 1.0 if verify_answer(response, gold) else 0.0
+    answer = final_answer(response[-MAX_RESPONSE_CHARS:])
+    plain = plain_number_verdict(answer.text, gold)  # "The answer is 72." needs no worker
+    if plain is not None:
+        return float(plain)
+    return 1.0 if _verdict(answer, gold, DEFAULT_TIMEOUT_S) else 0.0
 
 
 def verify_answer(response: str, gold: str, *, timeout_s: float | None = None) -> bool:
     """Uncached, time-limited check that ``response`` answers ``gold``; thread-safe.
 
+    The same verdict as :func:`math_reward` without the cache and without the
+    bare-number fast path: every call reaches Math-Verify (unless the answer is
+    a set against a tuple), so it is the reference the fast path is tested against.
+
     Args:
-        response: the model's text (only its last ``MAX_RESPONSE_CHARS`` are parsed).
+        response: the model's text (only its last ``MAX_RESPONSE_CHARS`` are read).
         gold: the reference answer.
         timeout_s: how long the check may run once a worker has taken it;
             ``DEFAULT_TIMEOUT_S`` when None.
 
     Returns:
-        True when Math-Verify finds the answers equivalent; False when it does
-        not, or cannot parse either side.
+        True when Math-Verify finds the final answer equivalent; False when it
+        does not, or cannot parse either side.
 
     Raises:
         RewardError: the check ran past ``timeout_s``, its worker crashed, or no
-            worker could start; the message names which and quotes the response.
+            worker could start; the message names which and quotes the answer.
     """
     timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
-    response = response[-MAX_RESPONSE_CHARS:]
+    return _verdict(final_answer(response[-MAX_RESPONSE_CHARS:]), gold, timeout_s)
+
+
+def _verdict(answer: FinalAnswer, gold: str, timeout_s: float) -> bool:
+    """Our verdict on an extracted answer: the set/tuple rule, then Math-Verify in a worker."""
+    if set_against_tuple(answer.text, gold):
+        return False
+    args = (answer.candidates, gold_candidates(gold))
     try:
-        return _check(response, gold, timeout_s)
+        return _check(args, answer.text, timeout_s)
     except RuntimeError as e:  # pebble's BrokenProcessPool, or a pool that already broke
         # Workers that die while none runs a check break the whole pool; a
         # fresh one gets a second chance before this counts as a failure.
         logger.warning("math-verify pool broke (%r); starting a new one", e)
     try:
-        return _check(response, gold, timeout_s)
+        return _check(args, answer.text, timeout_s)
     except RuntimeError as e:
         raise RewardError(
             f"math-verify workers crashed or could not start ({e!r}; is math-verify "
-            f"installed?) while checking {_excerpt(response)}"
+            f"installed?) while checking {_excerpt(answer.text)}"
         ) from e
 
 
-def _check(response: str, gold: str, timeout_s: float) -> bool:
-    future = _get_pool().schedule(_verify_in_worker, (response, gold), timeout=timeout_s)
+def _check(args: tuple[tuple[str, ...], tuple[str, ...]], shown: str, timeout_s: float) -> bool:
+    future = _get_pool().schedule(_verify_in_worker, args, timeout=timeout_s)
     try:
         return future.result(timeout=STARTUP_TIMEOUT_S + timeout_s)
     except concurrent.futures.TimeoutError as e:
         if future.done():  # pebble's timeout: it has killed the worker
             raise RewardError(
-                f"math-verify timed out after {timeout_s:g}s on {_excerpt(response)}"
+                f"math-verify timed out after {timeout_s:g}s on {_excerpt(shown)}"
             ) from e
         future.cancel()
         raise RewardError(
             f"no math-verify worker took the check within {STARTUP_TIMEOUT_S:g}s "
-            f"({_excerpt(response)})"
+            f"({_excerpt(shown)})"
         ) from e
     except ProcessExpired as e:
         raise RewardError(
-            f"the math-verify worker crashed (exit code {e.exitcode}) on {_excerpt(response)}"
+            f"the math-verify worker crashed (exit code {e.exitcode}) on {_excerpt(shown)}"
         ) from e
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
-    """``a 1234-char response '...'``, the middle of a long text cut out."""
+    """``a 1234-char answer '...'``, the middle of a long text cut out."""
     shown = text if len(text) <= limit else f"{text[: limit // 4]}...{text[-limit * 3 // 4 :]}"
-    return f"a {len(text)}-char response {shown!r}"
+    return f"a {len(text)}-char answer {shown!r}"
 
 
 def _start_worker() -> None:
@@ -216,15 +284,28 @@ def _start_worker() -> None:
     logging.disable(logging.CRITICAL)  # Math-Verify logs every parse failure
 
 
-def _verify_in_worker(response: str, gold: str) -> bool:
-    """Runs in a verifier process: Math-Verify's verdict, False when it cannot parse."""
+def _verify_in_worker(answers: tuple[str, ...], golds: tuple[str, ...]) -> bool:
+    """Runs in a verifier process: Math-Verify's verdict, False when it cannot parse.
+
+    Each side is a list of ways to write it (see :func:`final_answer`); the first
+    that Math-Verify parses into a math object is compared.
+    """
     import math_verify
 
+    def first_parsed(texts: tuple[str, ...]) -> list[Any]:
+        fallback: list[Any] = []  # strings only: Math-Verify compares them as strings
+        for text in texts:
+            parsed = math_verify.parse(text, parsing_timeout=None)
+            if any(not isinstance(p, str) for p in parsed):
+                return parsed
+            fallback = fallback or parsed
+        return fallback
+
     try:
-        gold_parsed = math_verify.parse(gold, parsing_timeout=None)
+        gold_parsed = first_parsed(golds)
         if not gold_parsed:
             return False
-        parsed = math_verify.parse(response, parsing_timeout=None)
+        parsed = first_parsed(answers)
         return bool(parsed) and bool(math_verify.verify(gold_parsed, parsed, timeout_seconds=None))
     except Exception:  # e.g. RecursionError on deeply nested LaTeX: unparsable
         return False
@@ -325,6 +406,8 @@ def extract_gsm8k_answer(answer: str) -> str:
 __all__ = [
     "CACHE_SIZE",
     "DEFAULT_TIMEOUT_S",
+    "MAX_EXACT_DECIMALS",
+    "MAX_EXACT_DIGITS",
     "MAX_RESPONSE_CHARS",
     "NUM_WORKERS",
     "extract_gsm8k_answer",

@@ -1,5 +1,10 @@
 """MathEnv's reward: the final answer of the assistant's text, checked by Math-Verify.
 
+Thinking is removed first; the rest goes to
+:func:`~areal_env.rewards.math_verify.math_reward`, which extracts the final answer
+(the last box, else the last stated answer, else the whole reply; the rules are in
+:mod:`areal_env.rewards.answer_extraction`) and compares it with the gold one.
+
 Example:
     >>> score_response("<think>maybe 84</think>The answer is 85.", "85")
     1.0
@@ -28,7 +33,9 @@ def score_response(text: str, gold: str) -> float:
     """1.0 when the reply (thinking removed) states an answer equal to ``gold``, else 0.0.
 
     Numbers inside the thinking block never count, so a reply cut off while
-    thinking scores 0.0. Blocking on a cache miss: call it via ``asyncio.to_thread``.
+    thinking scores 0.0. After it, the boxed answer counts, else the stated one
+    (``The answer is 42. Check: 42 + 8 = 50.`` answers 42), else the last number.
+    Blocking on a cache miss: call it via ``asyncio.to_thread``.
 
     Args:
         text: the assistant message's content.

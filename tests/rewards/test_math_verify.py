@@ -163,12 +163,13 @@ def test_math_reward_raises_on_timeout_and_caches_nothing(
 def test_a_crashed_worker_raises_the_error_is_not_cached_and_the_pool_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    response = "a crash comes before the verdict: \\boxed{777}"
+    # Not a bare number: "\\boxed{777}" would take the fast path and reach no worker.
+    response = "a crash comes before the verdict: \\boxed{777\\pi}"
     with monkeypatch.context() as m:
         m.setattr(mv, "_verify_in_worker", _crash)
         with pytest.raises(RewardError, match=r"crashed.*777"):
-            math_reward(response, "777")
-    assert math_reward(response, "777") == 1.0
+            math_reward(response, "777\\pi")
+    assert math_reward(response, "777\\pi") == 1.0
 
 
 def test_the_pool_survives_killed_idle_workers() -> None:
