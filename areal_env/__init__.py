@@ -33,6 +33,8 @@ ENV_IDS: tuple[str, ...] = (
     "areal/MultiTurnMath-v0",
     "areal/Countdown-v0",
     "areal/Search-v0",
+    "areal/PythonTool-v0",
+    "areal/Calculator-v0",
 )
 """Every environment id this package registers."""
 
@@ -42,6 +44,8 @@ _ENTRY_POINTS = {
     "areal/MultiTurnMath-v0": "areal_env.envs.math.multi_turn:MultiTurnMathEnv",
     "areal/Countdown-v0": "areal_env.envs.countdown.env:CountdownEnv",
     "areal/Search-v0": "areal_env.envs.search.env:SearchEnv",
+    "areal/PythonTool-v0": "areal_env.envs.python_tool.env:PythonToolEnv",
+    "areal/Calculator-v0": "areal_env.envs.calculator.env:CalculatorEnv",
 }
 
 

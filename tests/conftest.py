@@ -43,7 +43,7 @@ def shared_data() -> Path:
     """
     if not SHARED_DATA.is_dir():
         message = f"shared data folder {SHARED_DATA} not found"
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off"):
+        if in_ci():
             pytest.fail(
                 f"{message}, and CI is set: CI must run the tests on real data", pytrace=False
             )
@@ -76,3 +76,25 @@ def tiny_model_and_tokenizer(tiny_model_dir: Path):
     model, tok = load_model_and_tokenizer(tiny_model_dir)
     model.eval()
     return model, tok
+
+
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set to a true value."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@pytest.fixture(scope="session")
+def sandbox_available() -> None:
+    """Skip (locally) or fail (with ``CI`` set) where a real sandbox cannot start.
+
+    The same rule as ``shared_data``: a developer without bubblewrap can run the
+    rest of the suite; CI installs it and must run these tests.
+    """
+    from areal_env.sandbox import Sandbox, SandboxConfig, SandboxUnavailableError
+
+    try:
+        Sandbox(SandboxConfig(pool_size=0))
+    except SandboxUnavailableError as e:
+        if in_ci():
+            pytest.fail(f"{e}\nCI is set: the sandbox tests must run in CI", pytrace=False)
+        pytest.skip(f"no sandbox on this machine: {e}")

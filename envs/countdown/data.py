@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+
+from areal_env.data.source import TaskSource
 
 SYNTHETIC = "synthetic"
 """The ``dataset`` value that selects generated tasks."""
@@ -67,19 +68,6 @@ class CountdownTask:
     """Every number must be used exactly once (else each at most once)."""
     solution: str | None = None
     """A known solution; None for file tasks (see :func:`solve`)."""
-
-
-class TaskSource(Protocol):
-    """A finite, indexable sequence of Countdown tasks."""
-
-    @property
-    def name(self) -> str:
-        """Short stable name, the prefix of task ids."""
-        ...
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> CountdownTask: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +132,7 @@ def build_task_source(
     ops: Sequence[str] = OPS,
     use_all: bool | None = None,
     data_seed: int = 0,
-) -> TaskSource:
+) -> TaskSource[CountdownTask]:
     """Make the source named by the env's ``dataset`` kwarg.
 
     Args:

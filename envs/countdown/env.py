@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from areal_env.data.source import RESET_OPTIONS, choose_task_index
 from areal_env.envs.base import AsyncEnv, Message, StepResult
 from areal_env.envs.countdown.data import OPS, SYNTHETIC, CountdownTask, build_task_source, solve
 from areal_env.envs.countdown.reward import MAX_EXPRESSION_CHARS, score_response
@@ -49,9 +50,6 @@ DEFAULT_PROMPT_TEMPLATE = "Numbers: {numbers}\nTarget: {target}\nUse each number
 
 RULES = {True: "exactly once", False: "at most once"}
 """What ``{rule}`` reads for ``use_all`` True and False."""
-
-RESET_OPTIONS = ("task_index",)
-"""Keys ``reset(options=...)`` accepts."""
 
 
 class CountdownEnv(AsyncEnv):
@@ -177,22 +175,9 @@ class CountdownEnv(AsyncEnv):
         }
 
     def _task_index(self, options: dict[str, Any]) -> int:
-        unknown = sorted(set(options) - set(RESET_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown reset options {unknown}; valid: {list(RESET_OPTIONS)}")
-        if "task_index" not in options:
-            return int(self.np_random.integers(len(self.source)))
-        index = options["task_index"]
-        if (
-            isinstance(index, bool)
-            or not isinstance(index, int)
-            or not 0 <= index < len(self.source)
-        ):
-            raise ValueError(
-                f"options['task_index'] must be an int in [0, {len(self.source)}) for "
-                f"{self.source.name}, got {index!r}"
-            )
-        return index
+        return choose_task_index(
+            options, size=len(self.source), rng=self.np_random, name=self.source.name
+        )
 
 
 def _check_template(prompt_template: str) -> None:

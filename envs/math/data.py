@@ -15,9 +15,9 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from areal_env.data.jsonl import MathTask, load_gsm8k_jsonl
+from areal_env.data.source import TaskSource
 from areal_env.data.synthetic import arithmetic_task
 
 SYNTHETIC = "synthetic"
@@ -25,19 +25,6 @@ SYNTHETIC = "synthetic"
 
 SYNTHETIC_NUM_TASKS = 1_000_000
 """Indices of the synthetic stream an env draws from; far more than distinct tasks."""
-
-
-class TaskSource(Protocol):
-    """A finite, indexable sequence of math tasks."""
-
-    @property
-    def name(self) -> str:
-        """Short stable name, the prefix of task ids."""
-        ...
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> MathTask: ...
 
 
 @dataclass(frozen=True, slots=True)

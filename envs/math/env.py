@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from areal_env.data.jsonl import MathTask
+from areal_env.data.source import RESET_OPTIONS, choose_task_index
 from areal_env.data.synthetic import validate_arithmetic_params
 from areal_env.envs.base import AsyncEnv, Message, StepResult
 from areal_env.envs.math.data import SYNTHETIC, build_task_source
 from areal_env.envs.math.reward import instant_score, score_response
 from areal_env.envs.spaces import ChatMessages
 from areal_env.resources import ResourceRegistry
-
-RESET_OPTIONS = ("task_index",)
-"""Keys ``reset(options=...)`` accepts."""
 
 
 class MathEnv(AsyncEnv):
@@ -109,20 +107,9 @@ class MathEnv(AsyncEnv):
         return [], reward, True, False, {"correct": reward == 1.0, "answer": gold}
 
     def _task_index(self, options: dict[str, Any]) -> int:
-        unknown = sorted(set(options) - set(RESET_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown reset options {unknown}; valid: {list(RESET_OPTIONS)}")
-        if "task_index" not in options:
-            return int(self.np_random.integers(len(self.source)))
-        index = options["task_index"]
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise ValueError(f"options['task_index'] must be an int, got {index!r}")
-        if not 0 <= index < len(self.source):
-            raise ValueError(
-                f"options['task_index']={index} is out of range for "
-                f"{self.source.name} ({len(self.source)} tasks)"
-            )
-        return index
+        return choose_task_index(
+            options, size=len(self.source), rng=self.np_random, name=self.source.name
+        )
 
 
 def _check_template(prompt_template: str) -> None:

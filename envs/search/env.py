@@ -32,6 +32,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from areal_env.data.source import choose_task_index
 from areal_env.envs.base import AsyncEnv, Message, StepResult
 from areal_env.envs.search.data import SYNTHETIC, QATask, SyntheticFacts, load_qa
 from areal_env.envs.search.retrieval import BM25Retriever, Retriever
@@ -44,9 +45,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "then give the final answer as <answer>...</answer>."
 )
 """The system prompt of Search-v0 (None drops it)."""
-
-RESET_OPTIONS = ("task_index",)
-"""Keys ``reset(options=...)`` accepts."""
 
 
 class SearchEnv(AsyncEnv):
@@ -214,19 +212,9 @@ class SearchEnv(AsyncEnv):
         }
 
     def _task_index(self, options: dict[str, Any]) -> int:
-        unknown = sorted(set(options) - set(RESET_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown reset options {unknown}; valid: {list(RESET_OPTIONS)}")
-        if "task_index" not in options:
-            return int(self.np_random.integers(len(self.tasks)))
-        index = options["task_index"]
-        if (
-            isinstance(index, bool)
-            or not isinstance(index, int)
-            or not 0 <= index < len(self.tasks)
-        ):
-            raise ValueError(f"options['task_index'] must be an int in [0, {len(self.tasks)})")
-        return index
+        return choose_task_index(
+            options, size=len(self.tasks), rng=self.np_random, name="the QA tasks"
+        )
 
 
 def _reachable(url: str) -> Retriever:

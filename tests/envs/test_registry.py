@@ -13,6 +13,15 @@ from gymnasium.utils.env_checker import check_env
 import areal_env
 
 ENV_IDS = list(areal_env.ENV_IDS)
+NEEDS_SANDBOX = {"areal/PythonTool-v0"}
+"""Ids whose envs start a bubblewrap sandbox (skipped locally without one, never in CI)."""
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_if_needed(request: pytest.FixtureRequest) -> None:
+    params = getattr(request.node, "callspec", None)
+    if params is not None and params.params.get("env_id") in NEEDS_SANDBOX:
+        request.getfixturevalue("sandbox_available")
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS, ids=ENV_IDS)
