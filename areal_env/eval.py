@@ -62,14 +62,14 @@ from typing import Any, TextIO
 import torch
 
 from areal_env.agents.registry import make_agent
-from areal_env.config import EnvConfig, ModelConfig, load_config, resolve_device
+from areal_env.config import EnvConfig, ModelConfig, load_config
 from areal_env.inference.chat_client import ChatClient, SamplingConfig
 from areal_env.inference.registry import InferenceConfig, make_engine
-from areal_env.models.tiny import load_model_and_tokenizer
+from areal_env.models.load import load_for_inference, model_dir
 from areal_env.progress import progress_bar
 from areal_env.resources import ResourceRegistry
 from areal_env.rollout.episode import EpisodeFn, EpisodeOutcome, make_episode_fn, run_with_retries
-from areal_env.trainers.build import make_env_factory, model_dir, seed_everything
+from areal_env.trainers.build import make_env_factory, seed_everything
 from areal_env.trainers.config import AgentConfig
 
 __all__ = [
@@ -359,14 +359,7 @@ def build_parts(cfg: EvalConfig) -> EvalParts:
     resources = ResourceRegistry(name="eval")
     env_factory = make_env_factory(cfg.env.id, dict(cfg.env.kwargs), resources)
     agent = make_agent(cfg.agent.name, **cfg.agent.kwargs)
-    path = model_dir(cfg.model, cfg.output_dir)
-    try:
-        model, tokenizer = load_model_and_tokenizer(
-            path, dtype=cfg.model.dtype, device=resolve_device(cfg.model.device)
-        )
-    except OSError as e:  # transformers' "not a folder, not a hub id" and download errors
-        raise ValueError(f"model.path: cannot load {path!r}: {e}") from e
-    model.eval().requires_grad_(False)
+    model, tokenizer = load_for_inference(cfg.model, cfg.output_dir)
     engine = make_engine(model, tokenizer, cfg.inference)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
 
@@ -375,7 +368,7 @@ def build_parts(cfg: EvalConfig) -> EvalParts:
         await resources.aclose()
 
     episode_fn = make_episode_fn(env_factory, agent, client.episode)
-    return EvalParts(episode_fn=episode_fn, close=close, model=path)
+    return EvalParts(episode_fn=episode_fn, close=close, model=model_dir(cfg.model, cfg.output_dir))
 
 
 def jobs(settings: EvalSettings) -> Iterator[tuple[int, int, int]]:

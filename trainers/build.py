@@ -11,7 +11,6 @@ import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -22,11 +21,12 @@ from gymnasium.envs.registration import load_env_creator
 import areal_env  # noqa: F401  (registers the areal/* env ids)
 from areal_env.agents.base import Agent
 from areal_env.agents.registry import make_agent
-from areal_env.config import ModelConfig, resolve_device
+from areal_env.config import resolve_device
 from areal_env.inference.chat_client import ChatClient
 from areal_env.inference.engine import InferenceEngine
 from areal_env.inference.registry import make_engine
-from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
+from areal_env.models.load import model_dir
+from areal_env.models.tiny import load_model_and_tokenizer
 from areal_env.resources import ResourceRegistry
 from areal_env.rollout.episode import make_episode_fn
 from areal_env.trainers.config import GRPOConfig
@@ -53,13 +53,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def model_dir(cfg: ModelConfig, output_dir: str) -> str:
-    """The folder or hub id to load; builds the embedded tiny model when path is None."""
-    if cfg.path is not None:
-        return cfg.path
-    return str(build_tiny_model(Path(output_dir) / "tiny_model", cfg.tiny))
 
 
 def make_env_factory(

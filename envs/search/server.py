@@ -45,6 +45,7 @@ from aiohttp import web
 
 from areal_env.envs.search.http_retriever import passage_to_document
 from areal_env.envs.search.retrieval import BM25Retriever, Passage
+from areal_env.http_service import HTTPService
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class _Job:
     future: asyncio.Future[list[Scored]] = field(repr=False)
 
 
-class RetrievalServer:
+class RetrievalServer(HTTPService):
     """Serves a retriever's ``search_batch`` on the Search-R1 ``/retrieve`` route.
 
     Args:
@@ -86,6 +87,8 @@ class RetrievalServer:
             memory; a request is never split, so one bigger request is scored alone.
     """
 
+    service_name = "retrieval server"  # stopping fails waiting queries (HTTP 503)
+
     def __init__(
         self,
         retriever: BatchRetriever,
@@ -98,8 +101,7 @@ class RetrievalServer:
         if default_top_k < 1 or max_batch < 1:
             raise ValueError("default_top_k and max_batch must be >= 1")
         self.retriever = retriever
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.default_top_k = default_top_k
         self.max_batch = max_batch
         self.batches = 0
@@ -108,15 +110,6 @@ class RetrievalServer:
         """Queries scored so far."""
         self._pending: list[_Job] = []
         self._worker: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` of the running server (the bound port when ``port`` was 0)."""
-        if self._runner is None:
-            raise RuntimeError("RetrievalServer is not started")
-        host, port = self._runner.addresses[0][:2]
-        return f"http://{host}:{port}"
 
     @property
     def pending_queries(self) -> int:
@@ -130,34 +123,6 @@ class RetrievalServer:
         app.router.add_get("/health", self._handle_health)
         app.on_shutdown.append(self._on_shutdown)
         return app
-
-    async def start(self) -> str:
-        """Listen on ``host:port``; return :attr:`url`."""
-        if self._runner is not None:
-            raise RuntimeError("RetrievalServer is already started")
-        runner = web.AppRunner(self.make_app(), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        logger.info("retrieval server listening on %s", self.url)
-        return self.url
-
-    async def stop(self) -> None:
-        """Stop listening; queries still waiting fail (their requests get HTTP 503)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> RetrievalServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def retrieve(self, queries: list[str], top_k: int) -> list[list[Passage]]:
         """Score ``queries`` in the next batch and return their passages.
