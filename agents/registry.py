@@ -11,12 +11,37 @@ from collections.abc import Callable
 from typing import Any
 
 from areal_env.agents.base import Agent
+from areal_env.agents.program_adapter import ProgramAdapter
 from areal_env.agents.single_turn import SingleTurnAgent
 from areal_env.agents.tool_calling import ToolCallingAgent
+
+
+def _openai_agents(**kwargs: Any) -> Agent:
+    # Imported here: the adapter needs the optional OpenAI Agents SDK.
+    from areal_env.agents.openai_agents_adapter import OpenAIAgentsAdapter
+
+    return OpenAIAgentsAdapter(**kwargs)
+
+
+def _camel(**kwargs: Any) -> Agent:
+    # Imported here: the adapter needs camel-ai, installed in its own environment.
+    from areal_env.agents.camel_adapter import CamelAdapter
+
+    return CamelAdapter(**kwargs)
+
 
 AGENTS: dict[str, Callable[..., Agent]] = {
     "single_turn": SingleTurnAgent,
     "tool_calling": ToolCallingAgent,
+    # kwargs: factory ("module:function" or "file.py:function" returning an SDK Agent),
+    # max_turns, model_name, env_tools, tracing. See agents/openai_agents_adapter.py.
+    "openai_agents": _openai_agents,
+    # kwargs: command (argv list or string), task_format ("text" | "json"),
+    # task_as_argument, timeout_s, env, cwd. See agents/program_adapter.py.
+    "program": ProgramAdapter,
+    # kwargs: factory (returns a CAMEL ChatAgent given model, tools, system_message),
+    # model_config, timeout. See agents/camel_adapter.py and docs/camel.md.
+    "camel": _camel,
 }
 """``agent.name`` -> a factory taking the ``agent.kwargs``."""
 
