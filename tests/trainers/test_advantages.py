@@ -13,6 +13,7 @@ from areal_env.trainers.algorithms.advantages import (
     batch_normalized,
     compute_advantages,
     group_mean,
+    group_mean_batch_std,
     group_mean_std,
     rloo,
 )
@@ -123,3 +124,25 @@ def test_unknown_estimator_lists_valid_names():
     with pytest.raises(ValueError, match="group_mean_std") as err:
         compute_advantages(make_batch([1.0]), "gae")
     assert "'gae'" in str(err.value) and "rloo" in str(err.value)
+
+
+def test_group_mean_batch_std_litePPO_by_hand():
+    """Mutations caught: the group std instead of the batch std (group [1, 0] would give
+    +-1), the batch mean instead of the group mean (row 2 would be 1 - 4/6 = 1/3)."""
+    rewards, sizes = [1.0, 0.0, 1.0, 1.0, 1.0, 0.0], [2, 4]
+    # Group means 0.5 and 0.75; batch mean 4/6, population var 4/6 - 16/36 = 2/9.
+    std = math.sqrt(2 / 9)
+    want = [0.5, -0.5, 0.25, 0.25, 0.25, -0.75]
+    out = group_mean_batch_std(rewards, sizes, eps=0.0)
+    assert out.tolist() == pytest.approx([w / std for w in want])
+    with pytest.raises(ValueError, match="sum"):
+        group_mean_batch_std(rewards, [2, 3])
+
+
+def test_compute_advantages_passes_group_sizes_to_litePPO():
+    batch = compute_advantages(
+        make_batch([1.0, 0.0], [1.0, 1.0, 1.0, 0.0]), "group_mean_batch_std", eps=0.0
+    )
+    std = math.sqrt(2 / 9)
+    assert batch.advantages[0] == pytest.approx([0.5 / std, -0.5 / std])
+    assert batch.advantages[1] == pytest.approx([0.25 / std] * 3 + [-0.75 / std])

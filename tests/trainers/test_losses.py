@@ -10,7 +10,11 @@ import torch
 from areal_env.trainers.algorithms.kl import KL_ESTIMATORS, kl_penalty
 from areal_env.trainers.algorithms.losses.aggregation import AGGREGATIONS, aggregate
 from areal_env.trainers.algorithms.losses.base import LossInputs
+from areal_env.trainers.algorithms.losses.cispo import cispo_loss
+from areal_env.trainers.algorithms.losses.icepop import icepop_loss
+from areal_env.trainers.algorithms.losses.m2po import m2po_loss, second_moment_mask
 from areal_env.trainers.algorithms.losses.ppo_clip import ppo_clip_loss as _ppo_clip_loss
+from areal_env.trainers.algorithms.losses.sapo import sapo_loss
 
 
 def ppo_clip_loss(lp, old, adv, mask, *, ref_logprobs=None, proximal=None, counts=None, **kw):
@@ -325,3 +329,135 @@ def test_proximal_policy_takes_the_ratio_and_behaviour_only_weights_it():
     # Without the proximal policy the ratio exp(0.5) ~ 1.65 would be clipped.
     plain, m2 = ppo_clip_loss(lp.detach(), behav, torch.tensor([1.0]), torch.ones(1, 1))
     assert plain.item() == pytest.approx(-1.2) and m2["loss/clip_frac"] == 1.0
+
+
+# -------------------------------------------- SAPO, CISPO, M2PO, IcePop, GSPO preset
+
+
+def _inputs(lp, adv, mask=None, behav=None, proximal=None):
+    """LossInputs with behaviour logprobs 0 (so r = exp(lp)) and advantages [B] broadcast."""
+    adv = adv.unsqueeze(-1).expand_as(lp) if adv.dim() == 1 else adv
+    return LossInputs(
+        logprobs=lp,
+        behaviour_logprobs=torch.zeros_like(lp) if behav is None else behav,
+        advantages=adv,
+        loss_mask=torch.ones_like(lp) if mask is None else mask,
+        proximal_logprobs=proximal,
+    )
+
+
+def _sig(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_sapo_soft_gate_values_and_gradients_by_hand():
+    """Mutations caught: tau_pos/tau_neg swapped, the 4/tau scale dropped, the gate's
+    sign test flipped to A < 0, a hard clip put back (gradient of r = 1.5 would be 0)."""
+    r = torch.tensor([[1.0, 1.5], [1.0, 1.5]])
+    lp = r.log().requires_grad_()
+    adv = torch.tensor([1.0, -1.0])
+    loss, m = sapo_loss(_inputs(lp, adv), tau_pos=2.0, tau_neg=4.0)
+    # Row 0, A=+1, tau 2: f = (4/2) sigmoid(2 (r - 1)) = [2 * 0.5, 2 * sig(1)].
+    # Row 1, A=-1, tau 4: f = (4/4) sigmoid(4 (r - 1)) = [0.5, sig(2)]; pg = -A f = +f.
+    pg = [-1.0, -2 * _sig(1.0), 0.5, _sig(2.0)]
+    assert loss.item() == pytest.approx(sum(pg) / 4, rel=1e-5)
+    # d pg / d lp = -A * 4 s (1 - s) * r, s the sigmoid; divided by 4 tokens.
+    s1, s2 = _sig(1.0), _sig(2.0)
+    want = [[-1.0 / 4, -4 * s1 * (1 - s1) * 1.5 / 4], [1.0 / 4, 4 * s2 * (1 - s2) * 1.5 / 4]]
+    (grad,) = torch.autograd.grad(loss, lp)
+    assert grad.tolist() == [pytest.approx(row, rel=1e-5) for row in want]
+    # Gate weights 4 s (1 - s): [1, 4 s1 (1 - s1), 1, 4 s2 (1 - s2)].
+    gate = (2 + 4 * s1 * (1 - s1) + 4 * s2 * (1 - s2)) / 4
+    assert m["loss/sapo_gate_mean"] == pytest.approx(gate, rel=1e-5)
+
+
+def test_sapo_rejects_non_positive_temperature():
+    with pytest.raises(ValueError, match="tau"):
+        sapo_loss(_inputs(torch.zeros(1, 1), torch.ones(1)), tau_neg=0.0)
+
+
+def test_cispo_weight_is_clipped_and_stop_gradient_and_no_token_is_dropped():
+    """Mutations caught: the weight not detached (grad of the r = 2 token becomes
+    -(2 + 2 log 2) / 2), clipping the token out as PPO does (grad 0 at r = 8), the cap at
+    clip_high instead of 1 + clip_high, a lower clip at 1 - clip_low."""
+    r = torch.tensor([[2.0, 8.0]])
+    lp = r.log().requires_grad_()
+    loss, m = cispo_loss(_inputs(lp, torch.ones(1)), clip_high=4.0)
+    # coef = sg(min(r, 5)) = [2, 5]; loss = -(2 log 2 + 5 log 8) / 2.
+    assert loss.item() == pytest.approx(-(2 * math.log(2) + 5 * math.log(8)) / 2, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, lp)
+    assert grad.tolist() == [pytest.approx([-2 / 2, -5 / 2])]  # -coef * A / N tokens
+    assert m["loss/clip_frac"] == 0.5
+    # Negative advantage, ratio 0.25: no lower clip, weight 0.25, still a gradient.
+    lp2 = torch.tensor([[math.log(0.25)]], requires_grad=True)
+    loss2, _ = cispo_loss(_inputs(lp2, -torch.ones(1)), clip_high=4.0)
+    assert torch.autograd.grad(loss2, lp2)[0].item() == pytest.approx(0.25)
+
+
+def test_second_moment_mask_drops_the_largest_until_the_mean_is_under_threshold():
+    """Mutations caught: dropping the smallest first, comparing the sum (not the mean)
+    with the threshold, ignoring the loss mask."""
+    lr = torch.tensor([[0.3, -0.2, 0.1, 0.0]])  # squares 0.09, 0.04, 0.01, 0
+    keep = torch.ones(1, 4, dtype=torch.bool)
+    assert second_moment_mask(lr, keep, 0.04).tolist() == [[True] * 4]  # mean 0.035
+    # 0.02: drop 0.09 -> mean(0.04, 0.01, 0) = 0.0167 < 0.02.
+    assert second_moment_mask(lr, keep, 0.02).tolist() == [[False, True, True, True]]
+    # 0.01: 0.0167 is not enough; drop 0.04 too -> mean(0.01, 0) = 0.005.
+    assert second_moment_mask(lr, keep, 0.01).tolist() == [[False, False, True, True]]
+    # A masked-out token never counts and never comes back.
+    keep2 = torch.tensor([[False, True, True, True]])
+    assert second_moment_mask(lr, keep2, 0.02).tolist() == [[False, True, True, True]]
+    # Nothing gets under the bound: one token (the smallest) is kept, as in AReaL.
+    assert second_moment_mask(lr, keep, 1e-9).tolist() == [[False, False, False, True]]
+
+
+def test_m2po_masks_then_trains_the_unclipped_ratio_over_all_tokens():
+    """Mutations caught: the normaliser counting only the kept tokens (/3 instead of /4),
+    the mask not applied to pg (token 0 would get a gradient), the ratio clipped."""
+    lr = torch.tensor([[0.3, -0.2, 0.1, 0.0]])
+    lp = lr.clone().requires_grad_()
+    loss, m = m2po_loss(_inputs(lp, torch.ones(1)), m2_threshold=0.02)
+    kept = [math.exp(-0.2), math.exp(0.1), 1.0]  # r of the kept tokens; pg = -r * A
+    assert loss.item() == pytest.approx(-sum(kept) / 4, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, lp)
+    assert grad.tolist() == [pytest.approx([0.0] + [-r / 4 for r in kept], rel=1e-6)]
+    assert m["loss/m2_masked_frac"] == 0.25
+
+
+def test_icepop_masks_ratios_outside_the_band_and_weights_the_rest():
+    """Mutations caught: the band test on the PPO ratio (always 1 here, nothing masked),
+    the k weight dropped (loss -0.5), the normaliser counting only kept tokens (/2)."""
+    k = torch.tensor([[1.0, 0.4, 6.0, 2.0]])  # train/inference ratios; band [0.5, 5]
+    lp = k.log().requires_grad_()
+    loss, m = icepop_loss(_inputs(lp, torch.ones(1)), icepop_low=0.5, icepop_high=5.0)
+    # Kept: k = 1 and k = 2, each -k * r * A with r = 1; four trained tokens.
+    assert loss.item() == pytest.approx(-(1.0 + 2.0) / 4, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, lp)
+    assert grad.tolist() == [pytest.approx([-1 / 4, 0.0, 0.0, -2 / 4], rel=1e-6)]
+    assert m["loss/icepop_masked_frac"] == 0.5
+    assert m["loss/clip_frac"] == 0.0
+
+
+def test_icepop_uses_the_proximal_policy_as_the_train_side():
+    lp = torch.zeros(1, 2, requires_grad=True)
+    prox = torch.tensor([[math.log(10.0), 0.0]])  # k = 10 is out of the band
+    _, m = icepop_loss(_inputs(lp, torch.ones(1), proximal=prox))
+    assert m["loss/icepop_masked_frac"] == 0.5
+
+
+def test_gspo_preset_clips_on_the_rows_mean_log_ratio():
+    """Mutations caught: the sequence ratio taken as exp(sum) instead of exp(mean)
+    (row 0: exp(0.0006) > 1 + 4e-4 would be clipped, grad 0), the token ratio instead
+    of the sequence one (row 1's token 0 at 1.0002 would keep its gradient)."""
+    from areal_env.trainers.algorithms.presets import get_preset
+
+    lr = torch.tensor([[2e-4, 4e-4], [2e-4, 1e-3]])  # row means 3e-4 (kept), 6e-4 (clipped)
+    lp = lr.clone().requires_grad_()
+    loss, m = get_preset("gspo").loss_fn()(_inputs(lp, torch.ones(2)))
+    r0 = math.exp(3e-4)
+    # seq_mean_token_mean: row 0 gives -r0, row 1 the clipped -(1 + 4e-4); mean of rows.
+    assert loss.item() == pytest.approx(-(r0 + 1.0004) / 2, rel=1e-7)
+    (grad,) = torch.autograd.grad(loss, lp)
+    # Row 0: d(-r0 * mean_t 1)/d lp_t = -r0 / 2 tokens / 2 rows; row 1 is clipped.
+    assert grad.tolist() == [pytest.approx([-r0 / 4, -r0 / 4]), [0.0, 0.0]]
+    assert m["loss/clip_frac"] == 0.5

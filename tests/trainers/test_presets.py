@@ -72,6 +72,24 @@ def test_required_presets_and_their_choices():
     assert get_preset("reinforce_pp").advantage == "batch_normalized"
 
 
+def test_newer_presets_and_their_choices():
+    assert {"gspo", "lite_ppo", "sapo", "m2po", "cispo", "icepop"} <= set(PRESETS)
+    gspo = get_preset("gspo")
+    assert (gspo.ratio_level, gspo.clip_low, gspo.clip_high) == ("sequence", 3e-4, 4e-4)
+    lite = get_preset("lite_ppo")
+    assert (lite.advantage, lite.aggregation) == ("group_mean_batch_std", "token_mean")
+    assert lite.group_relative
+    sapo = get_preset("sapo")
+    assert (sapo.loss, sapo.tau_pos, sapo.tau_neg) == ("sapo", 1.0, 1.05)
+    assert (get_preset("m2po").loss, get_preset("m2po").m2_threshold) == ("m2po", 0.04)
+    assert (get_preset("cispo").loss, get_preset("cispo").clip_high) == ("cispo", 4.0)
+    ice = get_preset("icepop")
+    assert (ice.loss, ice.icepop_low, ice.icepop_high) == ("icepop", 0.5, 5.0)
+    # Each preset's loss receives the choices it names (a typo would raise TypeError).
+    for name in PRESETS:
+        get_preset(name).loss_fn(max_len=4)
+
+
 def test_only_the_keys_a_user_sets_override_a_preset():
     # The root config once set kl_coef=0.1 for everyone, so DAPO silently got a KL term.
     assert resolve_preset("dapo").kl_coef == 0.0
@@ -119,6 +137,9 @@ def test_unknown_preset_lists_valid_names():
         ({"advantage": "rloo", "loss": "mse"}, "loss"),
         ({"advantage": "rloo", "ratio_level": "turn"}, "ratio_level"),
         ({"advantage": "rloo", "kl_coef": -1.0}, "kl_coef"),
+        ({"advantage": "rloo", "tau_neg": 0.0}, "tau"),
+        ({"advantage": "rloo", "m2_threshold": 0.0}, "m2_threshold"),
+        ({"advantage": "rloo", "icepop_low": 5.0, "icepop_high": 0.5}, "icepop"),
     ],
 )
 def test_preset_rejects_unknown_components(kw, match):

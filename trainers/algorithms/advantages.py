@@ -107,16 +107,47 @@ def batch_normalized(rewards: Rewards, eps: float = 1e-4) -> torch.Tensor:
     return (r - r.mean()) / (r.std(unbiased=False) + eps)
 
 
+def group_mean_batch_std(
+    rewards: Rewards, group_sizes: list[int] | None = None, eps: float = 1e-4
+) -> torch.Tensor:
+    """LitePPO advantage: ``(r - mean of its group) / (std of the whole batch + eps)``.
+
+    From "Tricks or Traps? A Deep Dive into RL for LLM Reasoning" (Liu et al. 2025,
+    https://arxiv.org/abs/2508.08221): the group mean keeps the per-task baseline, but
+    a per-group std blows up the advantages of nearly-solved or nearly-failed tasks
+    (std near 0); the batch std is a steadier scale. Population std of the raw batch
+    rewards, as the paper writes it and as ``batch_normalized`` does.
+
+    Args:
+        rewards: [N] rewards of every episode in the batch, group after group.
+        group_sizes: sizes of the consecutive groups, summing to N; None: one group.
+        eps: added to the std so an all-equal batch gives 0, not NaN.
+
+    Returns:
+        [N] advantages.
+    """
+    r = _as_vector(rewards)
+    sizes = [r.numel()] if group_sizes is None else group_sizes
+    if sum(sizes) != r.numel():
+        raise ValueError(f"group_sizes {sizes} do not sum to {r.numel()} rewards")
+    centred = torch.cat([g - g.mean() for g in r.split(sizes)]) if r.numel() else r
+    return centred / (r.std(unbiased=False) + eps)
+
+
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
     "group_mean_std": group_mean_std,
     "group_mean": group_mean,
     "rloo": rloo,
     "batch_normalized": batch_normalized,
+    "group_mean_batch_std": group_mean_batch_std,
 }
 """Estimator name -> function from rewards [N] to advantages [N]."""
 
-BATCH_ESTIMATORS: frozenset[str] = frozenset({"batch_normalized"})
+BATCH_ESTIMATORS: frozenset[str] = frozenset({"batch_normalized", "group_mean_batch_std"})
 """Estimators applied to the whole batch; the others are applied group by group."""
+
+NEEDS_GROUP_SIZES: frozenset[str] = frozenset({"group_mean_batch_std"})
+"""Batch estimators that also take the groups' sizes (``group_sizes=``)."""
 
 
 def compute_advantages(batch: EpisodeBatch, estimator: str, **kw: float) -> EpisodeBatch:
@@ -139,8 +170,9 @@ def compute_advantages(batch: EpisodeBatch, estimator: str, **kw: float) -> Epis
         )
     fn = ADVANTAGE_ESTIMATORS[estimator]
     if estimator in BATCH_ESTIMATORS:
-        flat = fn(batch.rewards, **kw).tolist() if len(batch) else []
         sizes = [len(g) for g in batch.groups]
+        extra: dict[str, object] = {"group_sizes": sizes} if estimator in NEEDS_GROUP_SIZES else {}
+        flat = fn(batch.rewards, **kw, **extra).tolist() if len(batch) else []
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         batch.advantages = [flat[s : s + n] for s, n in zip(starts, sizes, strict=True)]
     else:

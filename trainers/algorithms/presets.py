@@ -29,10 +29,21 @@ from typing import Any
 
 from areal_env.trainers.algorithms.advantages import ADVANTAGE_ESTIMATORS
 from areal_env.trainers.algorithms.losses.base import LossFn
+from areal_env.trainers.algorithms.losses.cispo import cispo_loss
+from areal_env.trainers.algorithms.losses.icepop import icepop_loss
+from areal_env.trainers.algorithms.losses.m2po import m2po_loss
 from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.algorithms.losses.ppo_clip import check_ppo_choices, ppo_clip_loss
+from areal_env.trainers.algorithms.losses.sapo import sapo_loss
 
-LOSSES: dict[str, Callable[..., Any]] = {"ppo_clip": ppo_clip_loss, "nll": nll_loss}
+LOSSES: dict[str, Callable[..., Any]] = {
+    "ppo_clip": ppo_clip_loss,
+    "sapo": sapo_loss,
+    "cispo": cispo_loss,
+    "m2po": m2po_loss,
+    "icepop": icepop_loss,
+    "nll": nll_loss,
+}
 """Loss name -> function ``(LossInputs, **choices) -> (loss, metrics)``."""
 
 LOSS_CHOICES: dict[str, tuple[str, ...]] = {
@@ -44,6 +55,18 @@ LOSS_CHOICES: dict[str, tuple[str, ...]] = {
         "kl_coef",
         "kl_estimator",
         "dual_clip_c",
+    ),
+    "sapo": ("tau_pos", "tau_neg", "aggregation", "kl_coef", "kl_estimator"),
+    "cispo": ("clip_high", "aggregation", "kl_coef", "kl_estimator"),
+    "m2po": ("m2_threshold", "aggregation", "kl_coef", "kl_estimator"),
+    "icepop": (
+        "icepop_low",
+        "icepop_high",
+        "clip_low",
+        "clip_high",
+        "aggregation",
+        "kl_coef",
+        "kl_estimator",
     ),
     "nll": (),
 }
@@ -72,6 +95,16 @@ class Preset:
     """Key of ``kl.KL_ESTIMATORS``, used when ``kl_coef != 0``."""
     dual_clip_c: float | None = None
     """Dual-clip constant (> 1) bounding the loss of negative advantages; None: off."""
+    tau_pos: float = 1.0
+    """SAPO gate temperature for positive advantages (> 0)."""
+    tau_neg: float = 1.05
+    """SAPO gate temperature for negative advantages (> 0); sharper than ``tau_pos``."""
+    m2_threshold: float = 0.04
+    """M2PO bound on the mean squared log ratio of the kept tokens (> 0)."""
+    icepop_low: float = 0.5
+    """IcePop: tokens with train/inference ratio below this are masked."""
+    icepop_high: float = 5.0
+    """IcePop: tokens with train/inference ratio above this are masked."""
     filter_all_equal_groups: bool = False
     """Whether the scheduler drops groups whose rewards are all equal (zero advantage,
     so no gradient), as in DAPO's dynamic sampling."""
@@ -95,6 +128,14 @@ class Preset:
         )
         if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
             raise ValueError(f"dual_clip_c must be > 1 or None, got {self.dual_clip_c}")
+        if self.tau_pos <= 0.0 or self.tau_neg <= 0.0:
+            raise ValueError(f"tau_pos and tau_neg must be > 0, got {self.tau_pos}, {self.tau_neg}")
+        if self.m2_threshold <= 0.0:
+            raise ValueError(f"m2_threshold must be > 0, got {self.m2_threshold}")
+        if not 0.0 <= self.icepop_low < self.icepop_high:
+            raise ValueError(
+                f"need 0 <= icepop_low < icepop_high, got {self.icepop_low}, {self.icepop_high}"
+            )
 
     @property
     def group_relative(self) -> bool:
@@ -146,11 +187,51 @@ PRESETS: dict[str, Preset] = {
         kl_estimator="k2",
         description="REINFORCE++ (Hu 2025, arXiv:2501.03262): batch-normalised advantages.",
     ),
+    # GSPO-token form (see ppo_clip.py): the sequence ratio's value, per-token gradient;
+    # with one advantage per answer its gradient is GSPO's. The clip range is the paper's.
+    "gspo": Preset(
+        advantage="group_mean_std",
+        ratio_level="sequence",
+        aggregation="seq_mean_token_mean",
+        clip_low=3e-4,
+        clip_high=4e-4,
+        description="GSPO (Zheng et al. 2025, arXiv:2507.18071): sequence-level ratio and clip.",
+    ),
+    "lite_ppo": Preset(
+        advantage="group_mean_batch_std",
+        aggregation="token_mean",
+        description="LitePPO (Liu et al. 2025, arXiv:2508.08221): group mean, batch std.",
+    ),
+    "sapo": Preset(
+        advantage="group_mean_std",
+        loss="sapo",
+        aggregation="token_mean",
+        description="SAPO (Gao et al. 2025, arXiv:2511.20347): sigmoid soft gate, no clip.",
+    ),
+    "cispo": Preset(
+        advantage="group_mean_std",
+        loss="cispo",
+        aggregation="token_mean",
+        clip_high=4.0,
+        description="CISPO (MiniMax-M1 2025, arXiv:2506.13585): clipped IS weight, no drop.",
+    ),
+    "m2po": Preset(
+        advantage="group_mean_std",
+        loss="m2po",
+        aggregation="token_mean",
+        description="M2PO (Zheng et al. 2025, arXiv:2510.01161): second-moment token mask.",
+    ),
+    "icepop": Preset(
+        advantage="group_mean_std",
+        loss="icepop",
+        aggregation="token_mean",
+        description="IcePop (Ling Team 2025, arXiv:2510.18855): mask train/infer mismatch.",
+    ),
 }
 """Preset name -> choices."""
 
 
-GROUP_ESTIMATORS = frozenset({"group_mean_std", "group_mean", "rloo"})
+GROUP_ESTIMATORS = frozenset({"group_mean_std", "group_mean", "rloo", "group_mean_batch_std"})
 """Estimators that compare the episodes of one group."""
 
 
