@@ -35,6 +35,16 @@ class AlgorithmConfig:
     """PPO ratio lower clip (1 - clip_low), in [0, 1)."""
     clip_high: float | None = None
     """PPO ratio upper clip (1 + clip_high), >= 0."""
+    tau_pos: float | None = None
+    """SAPO: gate temperature for positive advantages (> 0)."""
+    tau_neg: float | None = None
+    """SAPO: gate temperature for negative advantages (> 0)."""
+    m2_threshold: float | None = None
+    """M2PO: the bound on the kept tokens' mean squared log-ratio (> 0)."""
+    icepop_low: float | None = None
+    """IcePop: tokens whose train/inference probability ratio is below this are masked."""
+    icepop_high: float | None = None
+    """IcePop: tokens whose train/inference probability ratio is above this are masked."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -54,6 +64,11 @@ class AlgorithmConfig:
             kl_estimator=self.kl_estimator,
             clip_low=self.clip_low,
             clip_high=self.clip_high,
+            tau_pos=self.tau_pos,
+            tau_neg=self.tau_neg,
+            m2_threshold=self.m2_threshold,
+            icepop_low=self.icepop_low,
+            icepop_high=self.icepop_high,
         )
 
 

@@ -134,7 +134,8 @@ class Preset:
             raise ValueError(f"m2_threshold must be > 0, got {self.m2_threshold}")
         if not 0.0 <= self.icepop_low < self.icepop_high:
             raise ValueError(
-                f"need 0 <= icepop_low < icepop_high, got {self.icepop_low}, {self.icepop_high}"
+                f"icepop_low and icepop_high must satisfy 0 <= icepop_low < icepop_high, "
+                f"got {self.icepop_low}, {self.icepop_high}"
             )
 
     @property
