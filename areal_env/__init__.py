@@ -35,6 +35,7 @@ ENV_IDS: tuple[str, ...] = (
     "areal/Search-v0",
     "areal/PythonTool-v0",
     "areal/Calculator-v0",
+    "areal/Tau2-v0",
 )
 """Every environment id this package registers."""
 
@@ -46,6 +47,7 @@ _ENTRY_POINTS = {
     "areal/Search-v0": "areal_env.envs.search.env:SearchEnv",
     "areal/PythonTool-v0": "areal_env.envs.python_tool.env:PythonToolEnv",
     "areal/Calculator-v0": "areal_env.envs.calculator.env:CalculatorEnv",
+    "areal/Tau2-v0": "areal_env.envs.tau2.env:Tau2Env",
 }
 
 

@@ -15,6 +15,8 @@ import areal_env
 ENV_IDS = list(areal_env.ENV_IDS)
 NEEDS_SANDBOX = {"areal/PythonTool-v0"}
 """Ids whose envs start a bubblewrap sandbox (skipped locally without one, never in CI)."""
+NEEDS_TAU2_DATA = {"areal/Tau2-v0"}
+"""Ids whose envs read tau2's data (TAU2_DATA_DIR, set here from the shared_data fixture)."""
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +24,13 @@ def _sandbox_if_needed(request: pytest.FixtureRequest) -> None:
     params = getattr(request.node, "callspec", None)
     if params is not None and params.params.get("env_id") in NEEDS_SANDBOX:
         request.getfixturevalue("sandbox_available")
+
+
+@pytest.fixture(autouse=True)
+def _tau2_data_if_needed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = getattr(request.node, "callspec", None)
+    if params is not None and params.params.get("env_id") in NEEDS_TAU2_DATA:
+        monkeypatch.setenv("TAU2_DATA_DIR", str(request.getfixturevalue("shared_data")))
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS, ids=ENV_IDS)

@@ -1,0 +1,117 @@
+"""The simulated user: a small protocol, and the scripted user that tests and evals use.
+
+The env talks to any user through :class:`UserSimulator`: ``start`` once per
+episode with the task (and the user's tool schemas, for domains where the user
+has a device), then ``reply`` with the conversation so far, answering the
+user's next message. A reply is an OpenAI-style ``role="user"`` message: text
+for the agent, or ``tool_calls`` on the user's own tools, which the env runs on
+the user side and hands back (the agent never sees them) before asking again.
+The user ends the episode the way tau2's does: a text containing ``###STOP###``,
+``###TRANSFER###`` or ``###OUT-OF-SCOPE###``. An LLM user (tau2's simulation
+guidelines + the scenario, behind an OpenAI-compatible endpoint) is one more
+class with these two methods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any, Protocol
+
+from areal_env.envs.tau2.data import StructuredInstructions, Task
+
+STOP = "###STOP###"
+TRANSFER = "###TRANSFER###"
+OUT_OF_SCOPE = "###OUT-OF-SCOPE###"
+STOP_TOKENS = (STOP, TRANSFER, OUT_OF_SCOPE)
+"""Any of these in a user's text ends the conversation (tau2's ``is_stop``)."""
+
+
+def is_stop(message: dict[str, Any]) -> bool:
+    """Whether a user message ends the conversation (a tool-call message never does)."""
+    if message.get("tool_calls"):
+        return False
+    content = message.get("content")
+    return isinstance(content, str) and any(t in content for t in STOP_TOKENS)
+
+
+class UserSimulator(Protocol):
+    """What the env needs from a simulated user (see the module docstring)."""
+
+    async def start(self, task: Task, *, tools: list[dict[str, Any]], options: dict) -> None:
+        """Begin an episode of ``task``; ``options`` are the env's reset options."""
+        ...
+
+    async def reply(self, conversation: list[dict[str, Any]]) -> dict[str, Any]:
+        """The user's next message, given every message so far (the user's own included)."""
+        ...
+
+
+def opening_line(task: Task) -> str:
+    """What the scripted user says first: the reason for calling.
+
+    Mock tasks have plain-text instructions and no reason for calling; their
+    ``ticket`` (else the instructions) stands in for it.
+    """
+    instructions = task.user_scenario.instructions
+    if isinstance(instructions, StructuredInstructions):
+        return instructions.reason_for_call.strip()
+    return (task.ticket or instructions).strip()
+
+
+class ScriptedUser:
+    """Opens with the reason for calling, says ``options["user_lines"]`` in turn, then stops.
+
+    A line is a string (said to the agent), or ``{"tool_calls": [{"name", "arguments"}]}``
+    (the user calls its own tools, as in telecom; the results come back to the user
+    only, and the next line follows). When the lines run out it says ``###STOP###``.
+    """
+
+    def __init__(self) -> None:
+        """An idle user; ``start`` loads an episode's lines."""
+        self._lines: deque[str | dict[str, Any]] = deque()
+        self._calls = 0
+
+    async def start(self, task: Task, *, tools: list[dict[str, Any]], options: dict) -> None:
+        """Queue the opening line and the episode's ``user_lines``."""
+        lines = options.get("user_lines") or []
+        if not isinstance(lines, list | tuple) or not all(
+            isinstance(x, str) or (isinstance(x, dict) and "tool_calls" in x) for x in lines
+        ):
+            raise ValueError(
+                "options['user_lines'] must be a list of strings or {'tool_calls': [...]} dicts"
+            )
+        self._lines = deque([opening_line(task), *lines])
+        self._calls = 0
+
+    async def reply(self, conversation: list[dict[str, Any]]) -> dict[str, Any]:
+        """The next scripted line, or ``###STOP###`` when none is left."""
+        if not self._lines:
+            return {"role": "user", "content": STOP}
+        line = self._lines.popleft()
+        if isinstance(line, str):
+            return {"role": "user", "content": line}
+        calls = []
+        for c in line["tool_calls"]:
+            self._calls += 1
+            calls.append(
+                {
+                    "id": f"user_call_{self._calls}",
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                }
+            )
+        return {"role": "user", "content": None, "tool_calls": calls}
+
+
+USERS = {"scripted": ScriptedUser}
+"""``user=`` names -> user classes; the LLM user will join here."""
+
+
+def make_user(user: str | UserSimulator) -> UserSimulator:
+    """A user from its name in :data:`USERS`, or an object that already is one."""
+    if isinstance(user, str):
+        if user not in USERS:
+            raise ValueError(f"unknown tau2 user {user!r}; valid: {sorted(USERS)}")
+        return USERS[user]()
+    return user
