@@ -15,6 +15,7 @@ where group-relative RL learns fastest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 
 from areal_env.progress import progress_bar
 from areal_env.rollout.demonstrations import build_demonstrations
+from areal_env.rollout.episode import run_with_retries
 from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
@@ -52,9 +54,22 @@ class WarmStartResult:
 
 
 async def sampled_accuracy(episode_fn: Any, n: int) -> float:
-    """Mean reward of ``n`` fresh episodes on held-out task seeds."""
-    trajs = await asyncio.gather(*(episode_fn(EVAL_SEED_OFFSET + i, 0) for i in range(n)))
-    return sum(t.reward for t in trajs) / n
+    """Mean reward of ``n`` fresh episodes on held-out task seeds.
+
+    An episode that fails (a tool call the model garbled so badly that a wrapped
+    agent's framework gives up, a timeout) counts as reward 0, as an unscored
+    episode would: a failure stays in its episode and never ends the warm start.
+    """
+    outcomes = await asyncio.gather(
+        *(
+            run_with_retries(functools.partial(episode_fn, EVAL_SEED_OFFSET + i, 0), max_retries=0)
+            for i in range(n)
+        )
+    )
+    failed = sum(not o.ok for o in outcomes)
+    if failed:
+        logger.info("warm start accuracy check: %d of %d episodes failed (counted 0)", failed, n)
+    return sum(o.trajectory.reward for o in outcomes if o.trajectory is not None) / n
 
 
 async def warm_start(
