@@ -38,6 +38,8 @@ from areal_env.envs.tau2.toolkit import DB, Toolkit, ToolResult
 
 DOMAINS: dict[str, str] = {
     "mock": "areal_env.envs.tau2.domains.mock.mock_domain:DOMAIN",
+    "airline": "areal_env.envs.tau2.domains.airline.airline_domain:DOMAIN",
+    "retail": "areal_env.envs.tau2.domains.retail.retail_domain:DOMAIN",
 }
 """Domain name -> ``module:attribute`` of its :class:`Domain` (imported on first use)."""
 
