@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ DOMAINS: dict[str, str] = {
     "mock": "areal_env.envs.tau2.domains.mock.mock_domain:DOMAIN",
     "airline": "areal_env.envs.tau2.domains.airline.airline_domain:DOMAIN",
     "retail": "areal_env.envs.tau2.domains.retail.retail_domain:DOMAIN",
+    "telecom": "areal_env.envs.tau2.domains.telecom.telecom_domain:DOMAIN",
 }
 """Domain name -> ``module:attribute`` of its :class:`Domain` (imported on first use)."""
 
@@ -57,6 +58,10 @@ class Domain:
     user_db_file: str | None = None
     user_tools: type[Toolkit] | None = None
     tasks_file: str = "tasks.json"
+    state_type: type[DomainState] | None = None
+    """A :class:`DomainState` subclass whose ``sync`` ties the two sides (telecom)."""
+    load_policy: Callable[[Path], str] | None = None
+    """The policy text from the domain folder, when it is more than ``policy_file``."""
 
 
 def get_domain(name: str) -> Domain:
@@ -93,7 +98,11 @@ class DomainData:
             folder=folder,
             tasks=load_tasks(folder, domain.tasks_file),
             splits=load_splits(folder),
-            policy=(folder / domain.policy_file).read_text(encoding="utf-8"),
+            policy=(
+                domain.load_policy(folder)
+                if domain.load_policy is not None
+                else (folder / domain.policy_file).read_text(encoding="utf-8")
+            ),
             db=domain.db_type.load(folder / domain.db_file),
             user_db=user_db,
         )
@@ -105,7 +114,7 @@ class DomainData:
         user_tools = None
         if d.user_tools is not None and self.user_db is not None:
             user_tools = d.user_tools(self.user_db.model_copy(deep=True))
-        return DomainState(tools=tools, user_tools=user_tools)
+        return (d.state_type or DomainState)(tools=tools, user_tools=user_tools)
 
 
 @dataclass(frozen=True, slots=True)

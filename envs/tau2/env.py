@@ -48,6 +48,7 @@ from areal_env.envs.tau2.domain import (
 )
 from areal_env.envs.tau2.reward import evaluate
 from areal_env.envs.tau2.user import STOP, UserSimulator, is_stop, make_user
+from areal_env.envs.tau2.user_cache import CallCache
 from areal_env.resources import ResourceRegistry
 
 TRANSFER_TOOL = "transfer_to_human_agents"
@@ -62,7 +63,13 @@ class Tau2Env(AsyncEnv):
         domain: ``"mock"`` for now (airline, retail, telecom to come).
         split: a split of ``split_tasks.json`` (``train``, ``test``, ``base``...).
         data_dir: the folder containing ``tau2/domains/``; None reads ``TAU2_DATA_DIR``.
-        user: ``"scripted"``, or any :class:`~areal_env.envs.tau2.user.UserSimulator`.
+        user: ``"scripted"``; ``{"kind": "llm", "model", "base_url", "api_key",
+            "client", "llm_args"}`` for tau2's LLM user (``llm_user.py``; ``"llm"``
+            alone with a replay cache); or any
+            :class:`~areal_env.envs.tau2.user.UserSimulator`.
+        user_cache: a JSONL file recording the LLM user's calls (``user_cache.py``).
+        user_cache_mode: ``"auto"`` (replay, else call and record), ``"record"``
+            or ``"replay"`` (never calls a model; a miss raises).
         max_steps: assistant messages before the episode is cut (reward 0).
         max_errors: tool errors that end the episode (reward 0); tau2's default is 10.
         resources: where the loaded domain data is shared.
@@ -74,7 +81,9 @@ class Tau2Env(AsyncEnv):
         *,
         split: str = "base",
         data_dir: str | Path | None = None,
-        user: str | UserSimulator = "scripted",
+        user: str | dict[str, Any] | UserSimulator = "scripted",
+        user_cache: str | Path | None = None,
+        user_cache_mode: str = "auto",
         max_steps: int = 30,
         max_errors: int = 10,
         resources: ResourceRegistry | None = None,
@@ -91,11 +100,24 @@ class Tau2Env(AsyncEnv):
         self.tasks = select_split(self.data.tasks, self.data.splits, split)
         self.domain, self.split = domain, split
         self.max_steps, self.max_errors = max_steps, max_errors
-        self.user = make_user(user)
+        cache = None
+        if user_cache is not None:
+            path = Path(user_cache).expanduser().resolve()
+            cache = self.resources.get(
+                ("tau2_call_cache", str(path), user_cache_mode),
+                lambda: CallCache(path, user_cache_mode),
+            )
+        self.user = make_user(user, data_dir=root, cache=cache)
         self._task: Task | None = None
         self._state: DomainState | None = None
         self._messages: list[Message] = []
         self._tool_calls = self._tool_errors = 0
+
+    async def aclose(self) -> None:
+        """Close what the user holds (the LLM user's endpoint client)."""
+        close = getattr(self.user, "aclose", None)
+        if close is not None:
+            await close()
 
     @property
     def tools(self) -> list[dict[str, Any]]:

@@ -7,18 +7,22 @@ user's next message. A reply is an OpenAI-style ``role="user"`` message: text
 for the agent, or ``tool_calls`` on the user's own tools, which the env runs on
 the user side and hands back (the agent never sees them) before asking again.
 The user ends the episode the way tau2's does: a text containing ``###STOP###``,
-``###TRANSFER###`` or ``###OUT-OF-SCOPE###``. An LLM user (tau2's simulation
+``###TRANSFER###`` or ``###OUT-OF-SCOPE###``. The LLM user (tau2's simulation
 guidelines + the scenario, behind an OpenAI-compatible endpoint) is one more
-class with these two methods.
+class with these two methods (``llm_user.py``; :func:`make_user` builds it).
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from areal_env.envs.tau2.data import StructuredInstructions, Task
+
+if TYPE_CHECKING:
+    from areal_env.envs.tau2.user_cache import CallCache
 
 STOP = "###STOP###"
 TRANSFER = "###TRANSFER###"
@@ -104,14 +108,36 @@ class ScriptedUser:
         return {"role": "user", "content": None, "tool_calls": calls}
 
 
-USERS = {"scripted": ScriptedUser}
-"""``user=`` names -> user classes; the LLM user will join here."""
+USERS = ("scripted", "llm")
+"""``user=`` names: the scripted user, and tau2's LLM user (``llm_user.py``)."""
 
 
-def make_user(user: str | UserSimulator) -> UserSimulator:
-    """A user from its name in :data:`USERS`, or an object that already is one."""
-    if isinstance(user, str):
-        if user not in USERS:
-            raise ValueError(f"unknown tau2 user {user!r}; valid: {sorted(USERS)}")
-        return USERS[user]()
+def make_user(
+    user: str | dict[str, Any] | UserSimulator,
+    *,
+    data_dir: str | Path | None = None,
+    cache: CallCache | None = None,
+) -> UserSimulator:
+    """A user from its name, a config dict, or an object that already is one.
+
+    ``"scripted"`` is :class:`ScriptedUser`. ``{"kind": "llm", "model": ...,
+    "base_url": ..., "api_key": ..., "client": ..., "llm_args": {...}}`` (or
+    ``"llm"`` alone, which only a replay ``cache`` can serve) is
+    :class:`~areal_env.envs.tau2.llm_user.LLMUser`, reading its guidelines under
+    ``data_dir`` and recording/replaying through ``cache``.
+    """
+    if isinstance(user, str | dict):
+        config: dict[str, Any] = {"kind": user} if isinstance(user, str) else dict(user)
+        kind = config.get("kind", "llm" if isinstance(user, dict) else None)
+        if kind not in USERS:
+            raise ValueError(f"unknown tau2 user {kind!r}; valid: {list(USERS)}")
+        if kind == "scripted":
+            if len(config) > 1:
+                raise ValueError(f"the scripted user takes no config, got {sorted(config)}")
+            return ScriptedUser()
+        from areal_env.envs.tau2.llm_user import LLMUser
+
+        if data_dir is None:
+            raise ValueError("the LLM user needs the tau2 data root for its guidelines")
+        return LLMUser.from_config(config, data_dir=data_dir, cache=cache)
     return user
