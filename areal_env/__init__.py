@@ -36,6 +36,10 @@ ENV_IDS: tuple[str, ...] = (
     "areal/PythonTool-v0",
     "areal/Calculator-v0",
     "areal/Tau2-v0",
+    "areal/Tau2Airline-v0",
+    "areal/Tau2Retail-v0",
+    "areal/Tau2Telecom-v0",
+    "areal/Tau2Mock-v0",
 )
 """Every environment id this package registers."""
 
@@ -48,13 +52,30 @@ _ENTRY_POINTS = {
     "areal/PythonTool-v0": "areal_env.envs.python_tool.env:PythonToolEnv",
     "areal/Calculator-v0": "areal_env.envs.calculator.env:CalculatorEnv",
     "areal/Tau2-v0": "areal_env.envs.tau2.env:Tau2Env",
+    "areal/Tau2Airline-v0": "areal_env.envs.tau2.env:Tau2Env",
+    "areal/Tau2Retail-v0": "areal_env.envs.tau2.env:Tau2Env",
+    "areal/Tau2Telecom-v0": "areal_env.envs.tau2.env:Tau2Env",
+    "areal/Tau2Mock-v0": "areal_env.envs.tau2.env:Tau2Env",
 }
+
+_KWARGS: dict[str, dict[str, str]] = {
+    "areal/Tau2Airline-v0": {"domain": "airline"},
+    "areal/Tau2Retail-v0": {"domain": "retail"},
+    "areal/Tau2Telecom-v0": {"domain": "telecom"},
+    "areal/Tau2Mock-v0": {"domain": "mock"},
+}
+"""Registration kwargs: the per-domain tau2 ids preset ``domain`` (callers may still override)."""
 
 
 def _register_envs() -> None:
     for env_id, entry_point in _ENTRY_POINTS.items():
         if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point=entry_point, disable_env_checker=True)
+            gymnasium.register(
+                id=env_id,
+                entry_point=entry_point,
+                disable_env_checker=True,
+                kwargs=dict(_KWARGS.get(env_id, {})),
+            )
 
 
 _register_envs()

@@ -39,6 +39,14 @@ after ``eval.max_retries`` retries) counts as a sample that is not correct: an
 eval never looks better because episodes crashed. The mean reward and mean
 turns are over the finished episodes (a failed one has no reward).
 
+pass^k (tau2-bench, Yao et al. 2024, "tau-bench"): the chance that all ``k``
+of ``k`` samples drawn without replacement are correct, ``C(c, k) / C(n, k)``,
+averaged over tasks: how reliably a model solves a task every time, where pass@k
+measures whether it solves it at least once. It is reported for the same k as
+pass@k (``pass^k`` keys and lines); ``pass^1`` equals ``pass@1``. When
+``env.kwargs.domain`` is set (tau2's envs), the summary's ``domain`` names it:
+one eval runs one env, so its pass^k is that domain's.
+
 Example:
     >>> pass_at_k(n=4, c=1, k=2)  # 1 - C(3,2)/C(4,2) = 1 - 3/6
     0.5
@@ -77,7 +85,9 @@ __all__ = [
     "EvalSettings",
     "main",
     "mean_pass_at_k",
+    "mean_pass_hat_k",
     "pass_at_k",
+    "pass_hat_k",
     "run",
     "setup",
 ]
@@ -243,6 +253,37 @@ def mean_pass_at_k(correct_per_task: Sequence[Sequence[bool]], k: int) -> float:
     return sum(scores) / len(scores)
 
 
+def pass_hat_k(n: int, c: int, k: int) -> float:
+    """tau2's pass^k of one task: ``C(c, k) / C(n, k)``, all ``k`` of ``k`` draws correct.
+
+    The chance that ``k`` samples drawn without replacement from ``n``, of which
+    ``c`` are correct, are all correct (exact integer binomials).
+
+    Example:
+        >>> pass_hat_k(n=4, c=2, k=2), pass_hat_k(n=5, c=5, k=3), pass_hat_k(n=5, c=2, k=3)
+        (0.16666666666666666, 1.0, 0.0)
+
+    Raises:
+        ValueError: unless ``0 <= c <= n`` and ``1 <= k <= n``.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_hat_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    return math.comb(c, k) / math.comb(n, k)
+
+
+def mean_pass_hat_k(correct_per_task: Sequence[Sequence[bool]], k: int) -> float:
+    """Mean over tasks of :func:`pass_hat_k`; each task's list holds its samples' correctness.
+
+    Example:
+        >>> mean_pass_hat_k([[True, True], [True, False]], k=2)
+        0.5
+    """
+    if not correct_per_task:
+        raise ValueError("mean_pass_hat_k needs at least one task")
+    scores = [pass_hat_k(len(t), sum(t), k) for t in correct_per_task]
+    return sum(scores) / len(scores)
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -325,6 +366,8 @@ def summarize(records: Iterable[dict[str, Any]], settings: EvalSettings) -> dict
     }
     for k in settings.ks:  # every task has samples_per_task records, failures included
         summary[f"pass@{k}"] = mean_pass_at_k(correct, k) if correct else None
+    for k in settings.ks:
+        summary[f"pass^{k}"] = mean_pass_hat_k(correct, k) if correct else None
     return summary
 
 
@@ -470,6 +513,7 @@ async def run(cfg: EvalConfig, parts: EvalParts) -> dict[str, Any]:
     summary = {
         **summarize(records, cfg.eval),
         "env": cfg.env.id,
+        "domain": cfg.env.kwargs.get("domain"),
         "agent": cfg.agent.name,
         "model": parts.model,
         "elapsed_s": round(time.perf_counter() - start, 3),
@@ -504,6 +548,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     ks = sorted(int(key.removeprefix("pass@")) for key in summary if key.startswith("pass@"))
     lines += [f"  {f'pass@{k}':<13} {_fmt(summary[f'pass@{k}'], 4)}" for k in ks]
+    hat_ks = sorted(int(key.removeprefix("pass^")) for key in summary if key.startswith("pass^"))
+    domain = f" ({summary['domain']})" if summary.get("domain") else ""
+    lines += [f"  {f'pass^{k}':<13} {_fmt(summary[f'pass^{k}'], 4)}{domain}" for k in hat_ks]
     lines.append(f"  {'mean turns':<13} {_fmt(summary['mean_turns'], 2)}")
     lines.append(
         f"correct: reward >= {summary['correct_threshold']}; failed episodes count as not correct"

@@ -19,9 +19,12 @@ from areal_env.eval import (
     TRAINER_ONLY_KEYS,
     EvalConfig,
     EvalSettings,
+    format_summary,
     main,
     mean_pass_at_k,
+    mean_pass_hat_k,
     pass_at_k,
+    pass_hat_k,
     play,
 )
 from areal_env.testing import TINY_MODEL_OVERRIDES
@@ -280,6 +283,90 @@ def test_pass_at_k_rejects_impossible_counts_and_averages_over_tasks():
         (pass_at_k(3, 1, 2) + 1.0) / 2
     )
     assert math.isclose(mean_pass_at_k([[False] * 4] * 3, k=4), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "want"),
+    [
+        (1, 0, 1, 0.0),
+        (1, 1, 1, 1.0),
+        (4, 1, 1, 0.25),  # pass^1 = pass@1 = c / n
+        (4, 2, 2, 1 / 6),  # C(2,2)/C(4,2)
+        (5, 3, 2, 0.3),  # C(3,2)/C(5,2) = 3/10
+        (10, 7, 5, 21 / 252),  # C(7,5)=21, C(10,5)=252
+        (6, 1, 2, 0.0),  # c < k: no pair is all correct
+        (4, 4, 4, 1.0),
+    ],
+)
+def test_pass_hat_k_hand_computed(n, c, k, want):
+    assert pass_hat_k(n, c, k) == pytest.approx(want)
+
+
+def _brute_force_pass_hat_k(n: int, c: int, k: int) -> float:
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(all(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_hat_k_equals_the_share_of_k_subsets_that_are_all_correct():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                got = pass_hat_k(n, c, k)
+                assert got == pytest.approx(_brute_force_pass_hat_k(n, c, k)), (n, c, k)
+                assert got <= pass_at_k(n, c, k) + 1e-12
+            assert pass_hat_k(n, c, 1) == pytest.approx(pass_at_k(n, c, 1))
+
+
+def test_pass_hat_k_rejects_impossible_counts_and_averages_over_tasks():
+    for n, c, k in [(3, 4, 1), (3, 1, 0), (3, 1, 4), (3, -1, 1)]:
+        with pytest.raises(ValueError, match="pass_hat_k"):
+            pass_hat_k(n, c, k)
+    tasks = [[True, True, False], [True, True, True], [False, True, False]]
+    assert mean_pass_hat_k(tasks, k=2) == pytest.approx((1 / 3 + 1.0 + 0.0) / 3)
+    with pytest.raises(ValueError, match="at least one task"):
+        mean_pass_hat_k([], k=1)
+
+
+def test_tau2_mock_with_the_scripted_user_reports_pass_hat_k_for_the_domain(
+    tmp_path, shared_data, monkeypatch, capsys
+):
+    monkeypatch.setenv("TAU2_DATA_DIR", str(shared_data))
+    jsonl = tmp_path / "tau2.jsonl"
+    argv = [
+        *QUIET,
+        "env.id=areal/Tau2-v0",
+        "env.kwargs.domain=mock",
+        "env.kwargs.split=base",
+        "env.kwargs.user=scripted",
+        "agent.name=tool_calling",
+        "agent.kwargs.max_turns=2",
+        "model.tiny.max_position_embeddings=2048",  # the policy and tool schemas
+        "inference.sampling.max_new_tokens=8",
+        "eval.num_tasks=2",
+        "eval.samples_per_task=2",
+        f"eval.output_jsonl={jsonl}",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    assert main(argv) == 0
+    lines = _lines(jsonl)  # not _check_lines: a tau2 episode may end on the user's ###STOP###
+    assert sorted((r["task_index"], r["sample_index"]) for r in lines) == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    ]
+    assert all(r["error"] is None and 0.0 <= r["reward"] <= 1.0 for r in lines)
+    summary = json.loads((tmp_path / "tau2.summary.json").read_text())
+    assert summary["domain"] == "mock"
+    correct = [[r["correct"] for r in lines if r["task_index"] == i] for i in range(2)]
+    for k in (1, 2):
+        assert summary[f"pass^{k}"] == pytest.approx(mean_pass_hat_k(correct, k))
+        assert summary[f"pass^{k}"] <= summary[f"pass@{k}"]
+    assert summary["pass^1"] == pytest.approx(summary["pass@1"])
+    printed = capsys.readouterr().out
+    assert "pass^2" in printed and "(mock)" in printed
+    assert "pass^1" in format_summary(summary)
 
 
 # --------------------------------------------------------------------------- config

@@ -31,6 +31,11 @@ from areal_env.resources import ResourceRegistry
 from areal_env.rollout.episode import make_episode_fn
 from areal_env.trainers.config import GRPOConfig
 
+POLICY_CLIENT_KEY = "inference/policy_client"
+"""Where the run's ``ChatClient`` lies in ``resources``: envs that call the policy's
+engine themselves (tau2's ``user={"kind": "llm", "engine": "policy"}``) take it
+from there, through ``client.untracked()``, so those calls are never trained."""
+
 
 @dataclass(kw_only=True, slots=True)
 class Components:
@@ -98,6 +103,7 @@ def build_components(cfg: GRPOConfig) -> Components:
     engine = make_engine(engine_model, tokenizer, cfg.inference)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
     resources = ResourceRegistry(name="run")
+    resources.get(POLICY_CLIENT_KEY, lambda: client)
     env_factory = make_env_factory(cfg.env.id, dict(cfg.env.kwargs), resources)
     agent = make_agent(cfg.agent.name, **cfg.agent.kwargs)
     return Components(

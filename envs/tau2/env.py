@@ -38,7 +38,7 @@ from typing import Any
 
 from areal_env.data.source import choose_task_index
 from areal_env.envs.base import AsyncEnv, Message, StepResult
-from areal_env.envs.tau2.data import Task, resolve_data_dir, select_split
+from areal_env.envs.tau2.data import RewardType, Task, resolve_data_dir, select_split
 from areal_env.envs.tau2.domain import (
     DomainData,
     DomainState,
@@ -46,7 +46,8 @@ from areal_env.envs.tau2.domain import (
     openai_tool_calls,
     to_openai_messages,
 )
-from areal_env.envs.tau2.reward import evaluate
+from areal_env.envs.tau2.judge import NLJudge
+from areal_env.envs.tau2.reward import SCORED_ENDINGS, evaluate
 from areal_env.envs.tau2.user import STOP, UserSimulator, is_stop, make_user
 from areal_env.envs.tau2.user_cache import CallCache
 from areal_env.resources import ResourceRegistry
@@ -67,9 +68,14 @@ class Tau2Env(AsyncEnv):
             "client", "llm_args"}`` for tau2's LLM user (``llm_user.py``; ``"llm"``
             alone with a replay cache); or any
             :class:`~areal_env.envs.tau2.user.UserSimulator`.
-        user_cache: a JSONL file recording the LLM user's calls (``user_cache.py``).
+        user_cache: a JSONL file recording the LLM user's and the judge's calls
+            (``user_cache.py``).
         user_cache_mode: ``"auto"`` (replay, else call and record), ``"record"``
             or ``"replay"`` (never calls a model; a miss raises).
+        judge: the NL-assertion judge (``judge.py``): ``{"model", "base_url",
+            "api_key", "client", "llm_args"}`` (``"llm"`` alone with a replay cache)
+            or an :class:`~areal_env.envs.tau2.judge.NLJudge`; None leaves
+            NL_ASSERTION out of the reward (``nl_skipped``).
         max_steps: assistant messages before the episode is cut (reward 0).
         max_errors: tool errors that end the episode (reward 0); tau2's default is 10.
         resources: where the loaded domain data is shared.
@@ -84,6 +90,7 @@ class Tau2Env(AsyncEnv):
         user: str | dict[str, Any] | UserSimulator = "scripted",
         user_cache: str | Path | None = None,
         user_cache_mode: str = "auto",
+        judge: str | dict[str, Any] | NLJudge | None = None,
         max_steps: int = 30,
         max_errors: int = 10,
         resources: ResourceRegistry | None = None,
@@ -107,17 +114,24 @@ class Tau2Env(AsyncEnv):
                 ("tau2_call_cache", str(path), user_cache_mode),
                 lambda: CallCache(path, user_cache_mode),
             )
-        self.user = make_user(user, data_dir=root, cache=cache)
+        self.user = make_user(user, data_dir=root, cache=cache, resources=self.resources)
+        self.judge: NLJudge | None = (
+            judge
+            if judge is None or isinstance(judge, NLJudge)
+            else NLJudge.from_config(judge, cache=cache)
+        )
         self._task: Task | None = None
         self._state: DomainState | None = None
         self._messages: list[Message] = []
         self._tool_calls = self._tool_errors = 0
 
     async def aclose(self) -> None:
-        """Close what the user holds (the LLM user's endpoint client)."""
+        """Close what the user and the judge hold (their endpoint clients)."""
         close = getattr(self.user, "aclose", None)
         if close is not None:
             await close()
+        if self.judge is not None:
+            await self.judge.aclose()
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -192,7 +206,7 @@ class Tau2Env(AsyncEnv):
             return obs, 0.0, False, True, self._info(ending="max_steps")
         if ending is None:
             return obs, 0.0, False, False, self._info()
-        return obs, *self._finish(ending)
+        return obs, *(await self._finish(ending))
 
     def _run_agent_calls(self, message: Message) -> tuple[list[Message], bool]:
         assert self._state is not None
@@ -232,9 +246,19 @@ class Tau2Env(AsyncEnv):
         self._messages.append(stop)
         return stop
 
-    def _finish(self, ending: str) -> tuple[float, bool, bool, dict[str, Any]]:
+    async def _finish(self, ending: str) -> tuple[float, bool, bool, dict[str, Any]]:
         assert self._task is not None
-        info = evaluate(self._task, self.data, self._messages, ending)
+        task, criteria = self._task, self._task.evaluation_criteria
+        nl_checks = None
+        if (
+            self.judge is not None
+            and ending in SCORED_ENDINGS
+            and criteria is not None
+            and criteria.nl_assertions
+            and RewardType.NL_ASSERTION in criteria.reward_basis
+        ):
+            nl_checks = await self.judge.judge(task.id, self._messages, criteria.nl_assertions)
+        info = evaluate(task, self.data, self._messages, ending, nl_checks)
         return info.reward, True, False, self._info(ending=ending, reward_info=info.to_dict())
 
     def _info(self, **extra: Any) -> dict[str, Any]:

@@ -13,9 +13,10 @@ reward = the product of the components the task's ``reward_basis`` names
   in some assistant text with its commas removed.
 - **ACTION**: every gold action matches some tool call of the conversation by
   name and by its ``compare_args`` (:meth:`Action.matches`).
-- **NL_ASSERTION**: needs an LLM judge, which is not configured yet: it is left
-  out of the product and reported as ``nl_assertion: None`` (``nl_skipped``);
-  an empty or missing list scores 1.0 with no judge, as in tau2.
+- **NL_ASSERTION**: an LLM judge's verdicts (``judge.py``), passed in as
+  ``nl_checks``: 1 when every assertion is met. Without verdicts it is left out
+  of the product and reported as ``nl_assertion: None`` (``nl_skipped``); an
+  empty or missing list scores 1.0 with no judge, as in tau2.
 
 tau2's edge cases are kept: a run that did not end by the agent or the user
 stopping (max steps, too many errors) scores 0; a task without evaluation
@@ -52,6 +53,8 @@ class RewardInfo:
     nl_assertion: float | None = None
     nl_skipped: bool = False
     """True when the basis names NL_ASSERTION, assertions exist, and no judge scored them."""
+    nl_checks: list[dict[str, Any]] = field(default_factory=list)
+    """The judge's verdicts: ``{"nl_assertion", "met", "justification"}`` each."""
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +68,11 @@ def conversation_tool_calls(messages: list[dict[str, Any]]) -> list[ToolCall]:
 
 
 def evaluate(
-    task: Task, data: DomainData, messages: list[dict[str, Any]], termination: str
+    task: Task,
+    data: DomainData,
+    messages: list[dict[str, Any]],
+    termination: str,
+    nl_checks: list[dict[str, Any]] | None = None,
 ) -> RewardInfo:
     """Score a finished conversation of ``task`` (see the module docstring).
 
@@ -77,6 +84,8 @@ def evaluate(
             ``tool_calls``. System messages are ignored.
         termination: how it ended: ``agent_stop``, ``user_stop``, ``max_steps``,
             ``too_many_errors``.
+        nl_checks: the NL-assertion judge's verdicts (``"met"`` each), or None
+            when no judge scored the task.
     """
     criteria = task.evaluation_criteria
     basis = [b.value for b in criteria.reward_basis] if criteria else []
@@ -97,6 +106,10 @@ def evaluate(
     nl = criteria.nl_assertions or []
     if not nl:
         info.nl_assertion = info.components[RewardType.NL_ASSERTION.value] = 1.0
+    elif nl_checks is not None:
+        info.nl_checks = [dict(c) for c in nl_checks]
+        score = float(all(c["met"] for c in nl_checks))
+        info.nl_assertion = info.components[RewardType.NL_ASSERTION.value] = score
     elif RewardType.NL_ASSERTION in criteria.reward_basis:
         info.nl_skipped = True
     reward = 1.0

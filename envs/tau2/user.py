@@ -23,6 +23,7 @@ from areal_env.envs.tau2.data import StructuredInstructions, Task
 
 if TYPE_CHECKING:
     from areal_env.envs.tau2.user_cache import CallCache
+    from areal_env.resources import ResourceRegistry
 
 STOP = "###STOP###"
 TRANSFER = "###TRANSFER###"
@@ -111,12 +112,41 @@ class ScriptedUser:
 USERS = ("scripted", "llm")
 """``user=`` names: the scripted user, and tau2's LLM user (``llm_user.py``)."""
 
+ENGINE_KEYS = {"policy": "inference/policy_client"}
+"""``user={"kind": "llm", "engine": NAME}``: the run's ``ResourceRegistry`` key of
+that engine's ``ChatClient`` (``trainers/build.py`` registers the policy's)."""
+
+
+class RegisteredClient:
+    """A run's ``ChatClient``, found in the registry on first use, called untracked.
+
+    Resolving lazily lets the env be built (and checked) before, or outside, the
+    run that registers the client; the user's calls never become training rows.
+    """
+
+    def __init__(self, resources: ResourceRegistry, engine: str) -> None:
+        """Look up ``ENGINE_KEYS[engine]`` in ``resources`` when the user first speaks."""
+        self.resources, self.engine = resources, engine
+
+    @property
+    def chat(self) -> Any:
+        """The untracked client's ``chat`` (``chat.completions.create``)."""
+        return self.resources.get(ENGINE_KEYS[self.engine], self._missing).untracked().chat
+
+    def _missing(self) -> Any:
+        raise RuntimeError(
+            f"user engine {self.engine!r}: no ChatClient under {ENGINE_KEYS[self.engine]!r} in "
+            f"ResourceRegistry {self.resources.name!r}; only a training run (trainers/build.py) "
+            "registers it. Outside a run pass user={'kind': 'llm', 'client': ...} or an endpoint"
+        )
+
 
 def make_user(
     user: str | dict[str, Any] | UserSimulator,
     *,
     data_dir: str | Path | None = None,
     cache: CallCache | None = None,
+    resources: ResourceRegistry | None = None,
 ) -> UserSimulator:
     """A user from its name, a config dict, or an object that already is one.
 
@@ -124,7 +154,9 @@ def make_user(
     "base_url": ..., "api_key": ..., "client": ..., "llm_args": {...}}`` (or
     ``"llm"`` alone, which only a replay ``cache`` can serve) is
     :class:`~areal_env.envs.tau2.llm_user.LLMUser`, reading its guidelines under
-    ``data_dir`` and recording/replaying through ``cache``.
+    ``data_dir`` and recording/replaying through ``cache``. ``"engine": "policy"``
+    in place of ``client``/``base_url`` is the run's own policy engine in process
+    (its ``ChatClient`` in ``resources``, called untracked: see :data:`ENGINE_KEYS`).
     """
     if isinstance(user, str | dict):
         config: dict[str, Any] = {"kind": user} if isinstance(user, str) else dict(user)
@@ -139,5 +171,16 @@ def make_user(
 
         if data_dir is None:
             raise ValueError("the LLM user needs the tau2 data root for its guidelines")
+        engine = config.pop("engine", None)
+        if engine is not None:
+            if engine not in ENGINE_KEYS:
+                raise ValueError(f"unknown user engine {engine!r}; valid: {list(ENGINE_KEYS)}")
+            if "client" in config or "base_url" in config:
+                raise ValueError("give the LLM user one of engine, client or base_url")
+            if resources is None:
+                from areal_env.resources import default_registry
+
+                resources = default_registry()
+            config["client"] = RegisteredClient(resources, engine)
         return LLMUser.from_config(config, data_dir=data_dir, cache=cache)
     return user

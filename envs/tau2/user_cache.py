@@ -7,7 +7,7 @@ must not need a model server at all. So every such call can go through a
 "response"}`` lines:
 
 - ``kind`` names the caller (``"user"`` for the simulated user; an
-  NL-assertion judge would use ``"nl_judge"``), so one file can hold both and
+  NL-assertion judge uses ``"nl_judge"``), so one file can hold both and
   their keys never collide;
 - ``turn`` is the caller's call index within the episode, and ``hash`` the
   sha256 of the request (the whole prompt: system message, conversation so

@@ -15,7 +15,13 @@ import areal_env
 ENV_IDS = list(areal_env.ENV_IDS)
 NEEDS_SANDBOX = {"areal/PythonTool-v0"}
 """Ids whose envs start a bubblewrap sandbox (skipped locally without one, never in CI)."""
-NEEDS_TAU2_DATA = {"areal/Tau2-v0"}
+NEEDS_TAU2_DATA = {
+    "areal/Tau2-v0",
+    "areal/Tau2Airline-v0",
+    "areal/Tau2Retail-v0",
+    "areal/Tau2Telecom-v0",
+    "areal/Tau2Mock-v0",
+}
 """Ids whose envs read tau2's data (TAU2_DATA_DIR, set here from the shared_data fixture)."""
 
 
