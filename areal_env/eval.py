@@ -77,7 +77,7 @@ from areal_env.models.load import load_for_inference, model_dir
 from areal_env.progress import progress_bar
 from areal_env.resources import ResourceRegistry
 from areal_env.rollout.episode import EpisodeFn, EpisodeOutcome, make_episode_fn, run_with_retries
-from areal_env.trainers.build import make_env_factory, seed_everything
+from areal_env.trainers.build import POLICY_CLIENT_KEY, make_env_factory, seed_everything
 from areal_env.trainers.config import AgentConfig
 
 __all__ = [
@@ -405,6 +405,7 @@ def build_parts(cfg: EvalConfig) -> EvalParts:
     model, tokenizer = load_for_inference(cfg.model, cfg.output_dir)
     engine = make_engine(model, tokenizer, cfg.inference)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
+    resources.get(POLICY_CLIENT_KEY, lambda: client)  # envs that call the policy (tau2's user)
 
     async def close() -> None:
         await engine.close()
