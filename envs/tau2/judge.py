@@ -28,10 +28,10 @@ recorded or replayed under ``("nl_judge", task id, 0, hash of the request)``
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any
 
+from areal_env.envs.tau2.endpoint import EndpointClientMixin
 from areal_env.envs.tau2.user_cache import CallCache
 
 CALL_KIND = "nl_judge"
@@ -155,7 +155,7 @@ def parse_verdicts(text: str | None, assertions: list[str]) -> list[dict[str, An
     ]
 
 
-class NLJudge:
+class NLJudge(EndpointClientMixin):
     """tau2's NL-assertion judge (see the module docstring).
 
     Args:
@@ -170,6 +170,8 @@ class NLJudge:
     Raises:
         ValueError: when no model can be reached and the cache does not replay.
     """
+
+    endpoint_role = "NL-assertion judge"
 
     def __init__(
         self,
@@ -239,23 +241,6 @@ class NLJudge:
             model=self.model or "tau2-judge", **request, **self.llm_args
         )
         return {"content": completion.choices[0].message.content}
-
-    def _client(self) -> Any:
-        if self.client is None:
-            if self.model is None:
-                raise RuntimeError("no NL-assertion judge model is configured (replay-only judge)")
-            from openai import AsyncOpenAI
-
-            key = self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-            self.client = AsyncOpenAI(base_url=self.base_url, api_key=key)
-            self._owns_client = True
-        return self.client
-
-    async def aclose(self) -> None:
-        """Close the ``AsyncOpenAI`` this judge made (a given client is its owner's)."""
-        if self._owns_client and self.client is not None:
-            await self.client.close()
-            self.client, self._owns_client = None, False
 
 
 __all__ = [

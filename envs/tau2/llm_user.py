@@ -31,12 +31,12 @@ replayed under ``("user", task id, turn, hash of the request)``.
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from areal_env.envs.tau2.data import StructuredInstructions, Task, UserScenario
+from areal_env.envs.tau2.endpoint import EndpointClientMixin
 from areal_env.envs.tau2.user_cache import CallCache
 
 GUIDELINES = "simulation_guidelines.md"
@@ -116,7 +116,7 @@ def flip_roles(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return flipped
 
 
-class LLMUser:
+class LLMUser(EndpointClientMixin):
     """tau2's LLM user (see the module docstring).
 
     Args:
@@ -134,6 +134,8 @@ class LLMUser:
         ValueError: when no model can be reached and the cache does not replay.
         FileNotFoundError: when the guidelines are not under ``data_dir``.
     """
+
+    endpoint_role = "LLM user"
 
     def __init__(
         self,
@@ -239,24 +241,6 @@ class LLMUser:
         if calls:
             out["tool_calls"] = calls
         return out
-
-    def _client(self) -> Any:
-        """The client, making the endpoint's ``AsyncOpenAI`` on first use (on this loop)."""
-        if self.client is None:
-            if self.model is None:
-                raise RuntimeError("no LLM user model is configured (replay-only user)")
-            from openai import AsyncOpenAI
-
-            key = self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-            self.client = AsyncOpenAI(base_url=self.base_url, api_key=key)
-            self._owns_client = True
-        return self.client
-
-    async def aclose(self) -> None:
-        """Close the ``AsyncOpenAI`` this user made (a given client is its owner's)."""
-        if self._owns_client and self.client is not None:
-            await self.client.close()
-            self.client, self._owns_client = None, False
 
 
 __all__ = [
