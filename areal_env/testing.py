@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from areal_env.envs.base import AsyncEnv
 from areal_env.inference.replay import ReplayEngine
@@ -124,3 +125,38 @@ def register_test_envs() -> None:
 
     if PARITY_ENV_ID not in gymnasium.registry:
         gymnasium.register(id=PARITY_ENV_ID, entry_point="areal_env.testing:ParityEnv")
+
+
+def snapshot_warm_start(monkeypatch: Any) -> dict[str, Any]:
+    """Make ``trainers/grpo.py``'s warm start keep what it ended with, for end-to-end tests.
+
+    Returns a dict that, once the run's warm start is over, holds ``"result"``
+    (its ``WarmStartResult``) and ``"after_warm_start"`` (a copy of the policy's
+    state dict), so a test can tell the GRPO steps' changes from the warm start's.
+    """
+    import copy
+
+    from areal_env.trainers import grpo
+
+    snapshots: dict[str, Any] = {}
+    original = grpo.warm_start
+
+    async def warm_start_then_snapshot(cfg: Any, model: Any, **kw: Any) -> Any:
+        result = await original(cfg, model, **kw)
+        snapshots["after_warm_start"] = copy.deepcopy(model.state_dict())
+        snapshots["result"] = result
+        return result
+
+    monkeypatch.setattr(grpo, "warm_start", warm_start_then_snapshot)
+    return snapshots
+
+
+def changed_weights(model_dir: Any, state: dict[str, Any]) -> list[str]:
+    """Names of the tensors in ``model_dir``'s safetensors that differ from ``state``."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    final = load_file(str(next(Path(model_dir).glob("*.safetensors"))))
+    return [k for k in final if not torch.equal(final[k], state[k])]

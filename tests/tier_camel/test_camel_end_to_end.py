@@ -7,17 +7,15 @@ answer. One invented entity keeps it to seconds (as the search e2e test does).
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("camel", reason="camel-ai is tested in .venv-camel (docs/camel.md)")
 
-import torch
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import TINY_MODEL_OVERRIDES
+from areal_env.testing import TINY_MODEL_OVERRIDES, changed_weights, snapshot_warm_start
 from areal_env.trainers import grpo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,16 +24,7 @@ CONFIG = REPO / "examples" / "camel" / "tiny.yaml"
 
 def test_camel_config_warm_starts_then_grpo_changes_the_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the config names its factory by a path from the repo root
-    snapshots = {}
-    original = grpo.warm_start
-
-    async def warm_start_then_snapshot(cfg, model, **kw):
-        result = await original(cfg, model, **kw)
-        snapshots["after_warm_start"] = copy.deepcopy(model.state_dict())
-        snapshots["result"] = result
-        return result
-
-    monkeypatch.setattr(grpo, "warm_start", warm_start_then_snapshot)
+    snapshots = snapshot_warm_start(monkeypatch)
     out = tmp_path / "run"
     argv = [
         "--config",
@@ -64,9 +53,5 @@ def test_camel_config_warm_starts_then_grpo_changes_the_weights(tmp_path, monkey
     assert all("rollout/reward_mean" in r for r in rows), rows[0].keys()
     assert max(r["rollout/tool_calls_mean"] for r in rows) > 0.0, "the agent never searched"
     assert sum(r.get("train/rows", 0) for r in rows) > 0, "no step had a mixed group to train on"
-    from safetensors.torch import load_file
-
-    final = load_file(str(next((out / "final_model").glob("*.safetensors"))))
-    warm = snapshots["after_warm_start"]
-    changed = [k for k in final if not torch.equal(final[k], warm[k])]
+    changed = changed_weights(out / "final_model", snapshots["after_warm_start"])
     assert changed, "the GRPO steps left every weight as the warm start did"

@@ -11,14 +11,12 @@ warm start never reaches its target, no demonstration kept) -> fails.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
-import torch
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import TINY_MODEL_OVERRIDES
+from areal_env.testing import TINY_MODEL_OVERRIDES, changed_weights, snapshot_warm_start
 from areal_env.trainers import grpo
 
 pytest.importorskip("agents")
@@ -26,16 +24,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "openai_agents"
 
 
 def test_sdk_agent_warm_starts_then_grpo_changes_the_weights(tmp_path, monkeypatch):
-    snapshots = {}
-    original = grpo.warm_start
-
-    async def warm_start_then_snapshot(cfg, model, **kw):
-        result = await original(cfg, model, **kw)
-        snapshots["after_warm_start"] = copy.deepcopy(model.state_dict())
-        snapshots["result"] = result
-        return result
-
-    monkeypatch.setattr(grpo, "warm_start", warm_start_then_snapshot)
+    snapshots = snapshot_warm_start(monkeypatch)
     out = tmp_path / "run"
     argv = [
         "--config",
@@ -66,9 +55,5 @@ def test_sdk_agent_warm_starts_then_grpo_changes_the_weights(tmp_path, monkeypat
     # SDK episodes searched (the env's tool through the SDK), then answered.
     assert max(r["rollout/tool_calls_mean"] for r in rows) > 0.0
     assert sum(r.get("train/rows", 0) for r in rows) > 0, "no step had a mixed group to train on"
-    from safetensors.torch import load_file
-
-    final = load_file(str(next((out / "final_model").glob("*.safetensors"))))
-    warm = snapshots["after_warm_start"]
-    changed = [k for k in final if not torch.equal(final[k], warm[k])]
+    changed = changed_weights(out / "final_model", snapshots["after_warm_start"])
     assert changed, "the GRPO steps left every weight as the warm start did"

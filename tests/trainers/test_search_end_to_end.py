@@ -9,29 +9,17 @@ appended as prompt tokens, answer scored).
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-import torch
-
 from areal_env.metrics import read_metrics
-from areal_env.testing import TINY_MODEL_OVERRIDES
+from areal_env.testing import TINY_MODEL_OVERRIDES, changed_weights, snapshot_warm_start
 from areal_env.trainers import grpo
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "search" / "tiny.yaml"
 
 
 def test_search_config_warm_starts_then_grpo_changes_the_weights(tmp_path, monkeypatch):
-    snapshots = {}
-    original = grpo.warm_start
-
-    async def warm_start_then_snapshot(cfg, model, **kw):
-        result = await original(cfg, model, **kw)
-        snapshots["after_warm_start"] = copy.deepcopy(model.state_dict())
-        snapshots["result"] = result
-        return result
-
-    monkeypatch.setattr(grpo, "warm_start", warm_start_then_snapshot)
+    snapshots = snapshot_warm_start(monkeypatch)
     out = tmp_path / "run"
     argv = [
         "--config",
@@ -62,9 +50,5 @@ def test_search_config_warm_starts_then_grpo_changes_the_weights(tmp_path, monke
     assert max(r["rollout/num_turns_mean"] for r in rows) > 1.0
     assert max(r["rollout/tool_calls_mean"] for r in rows) > 0.0
     assert sum(r.get("train/rows", 0) for r in rows) > 0, "no step had a mixed group to train on"
-    from safetensors.torch import load_file
-
-    final = load_file(str(next((out / "final_model").glob("*.safetensors"))))
-    warm = snapshots["after_warm_start"]
-    changed = [k for k in final if not torch.equal(final[k], warm[k])]
+    changed = changed_weights(out / "final_model", snapshots["after_warm_start"])
     assert changed, "the GRPO steps left every weight as the warm start did"
