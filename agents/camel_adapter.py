@@ -37,16 +37,14 @@ Example (a factory module of the user's, named in the config as ``"module:functi
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from areal_env.agents.base import finish_trajectory
+from areal_env.agents.factory import resolve_factory
 from areal_env.errors import InferenceError
 from areal_env.inference.chat_client import EpisodeClient
 from areal_env.serving.server import OpenAIServer
@@ -70,35 +68,6 @@ def _camel() -> Any:
     except ImportError as e:
         raise ImportError(f"{INSTALL_HINT} ({e})") from e
     return agents, models, toolkits, types, utils
-
-
-def resolve_factory(factory: str | Callable[..., Any]) -> Callable[..., Any]:
-    """``factory`` itself, or what ``"module:function"`` / ``"path/to/file.py:function"`` names.
-
-    The file form works from any working directory: ``python trainers/grpo.py``
-    puts ``trainers/``, not the repo root, on ``sys.path``.
-
-    Raises:
-        ValueError: when the string has no ``:`` or names nothing callable.
-    """
-    if callable(factory):
-        return factory
-    module_name, sep, attr = str(factory).rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"agent.kwargs.factory must be 'module:function', got {factory!r}")
-    if module_name.endswith(".py") or "/" in module_name:
-        path = Path(module_name).resolve()
-        spec = importlib.util.spec_from_file_location(f"_areal_camel_factory_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            raise ValueError(f"agent.kwargs.factory: cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    target = getattr(module, attr, None)
-    if not callable(target):
-        raise ValueError(f"agent.kwargs.factory {factory!r} names nothing callable")
-    return target
 
 
 def token_counter(tokenizer: Any) -> Any:

@@ -37,15 +37,13 @@ Example (config)::
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from areal_env.agents.base import finish_trajectory
+from areal_env.agents.factory import resolve_factory
 from areal_env.agents.program_adapter import AgentProgramError, open_session, require_model_calls
 from areal_env.inference.chat_client import EpisodeClient
 from areal_env.types import Trajectory
@@ -67,33 +65,6 @@ def _sdk() -> Any:
             f"Agents SDK: run from elsewhere or {INSTALL_HINT}"
         )
     return agents
-
-
-def load_factory(spec: str) -> Callable[[], Any]:
-    """Resolve ``"module:function"`` or ``"path/to/file.py:function"``.
-
-    A file path works from any working directory the run starts in (a script run
-    as ``python trainers/grpo.py`` does not have the repo root on ``sys.path``).
-
-    Raises:
-        ValueError: when the spec has no ``:`` or does not name a callable.
-    """
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"agent.kwargs.factory must be 'module:function', got {spec!r}")
-    if module_name.endswith(".py") or "/" in module_name:
-        path = Path(module_name).resolve()
-        mod_spec = importlib.util.spec_from_file_location(f"_areal_factory_{path.stem}", path)
-        if mod_spec is None or mod_spec.loader is None:
-            raise ValueError(f"agent.kwargs.factory: cannot load {path}")
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"agent.kwargs.factory: {spec!r} is not a callable")
-    return factory
 
 
 @dataclass(kw_only=True, slots=True)
@@ -132,7 +103,7 @@ class OpenAIAgentsAdapter:
             raise ValueError(f"agent.kwargs.max_turns must be >= 1, got {self.max_turns}")
         sdk = _sdk()
         if self.agent is None:
-            factory = load_factory(self.factory) if isinstance(self.factory, str) else self.factory
+            factory = resolve_factory(self.factory)
             assert factory is not None
             self.agent = factory()
         if not isinstance(self.agent, sdk.Agent):
@@ -236,4 +207,4 @@ def _text(output: Any) -> str:
     return json.dumps(output) if isinstance(output, (dict, list)) else str(output)
 
 
-__all__ = ["INSTALL_HINT", "OpenAIAgentsAdapter", "load_factory"]
+__all__ = ["INSTALL_HINT", "OpenAIAgentsAdapter"]
