@@ -111,7 +111,10 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     """Sampling parameters for this request."""
     request_id: str = field(default_factory=_new_id)
-    """Unique id, used for logging, aborts and load-balancing affinity."""
+    """Unique id, used for logging and aborts."""
+    session_id: str | None = None
+    """Requests that share a session (one episode's turns) go to the same server,
+    where its prefix cache holds their common prefix; None: no affinity."""
 
     def __post_init__(self) -> None:
         if len(self.input_ids) == 0:

@@ -297,15 +297,17 @@ class ChatClient:
         return close
 
     async def generate(
-        self, input_ids: Sequence[int], sampling: SamplingParams
+        self, input_ids: Sequence[int], sampling: SamplingParams, *, session_id: str | None = None
     ) -> GenerationResult:
-        """Ask the engine for one completion of ``input_ids``.
+        """Ask the engine for one completion of ``input_ids`` (``session_id``: server affinity).
 
         Raises:
             InferenceError: when the engine aborted the request: a partial reply
                 would otherwise pass for a finished one.
         """
-        request = GenerationRequest(input_ids=tuple(input_ids), sampling=sampling)
+        request = GenerationRequest(
+            input_ids=tuple(input_ids), sampling=sampling, session_id=session_id
+        )
         result = await self.engine.agenerate(request)
         if result.finish_reason == "abort":
             raise InferenceError(
@@ -398,6 +400,8 @@ class EpisodeClient:
         self.trajectory = Trajectory(metrics=dict.fromkeys(EPISODE_METRICS, 0.0))
         """The episode so far: one sample per faithful token sequence."""
         self.chat = _Chat(self._create)
+        self.session_id = new_id("episode-", 16)
+        """Sent with every request, so an episode's turns stay on one inference server."""
         self._branches: list[_Branch] = []
 
     async def _create(self, **kwargs: Any) -> ChatCompletion:
@@ -406,7 +410,9 @@ class EpisodeClient:
         branch, new_ids = self._plan(call, full)
         branch.busy = True
         try:
-            result = await self.shared.generate([*branch.sample.input_ids, *new_ids], call.sampling)
+            result = await self.shared.generate(
+                [*branch.sample.input_ids, *new_ids], call.sampling, session_id=self.session_id
+            )
         finally:
             branch.busy = False
         branch.sample.append_prompt(new_ids)
