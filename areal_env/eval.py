@@ -72,8 +72,8 @@ import torch
 from areal_env.agents.registry import make_agent
 from areal_env.config import EnvConfig, ModelConfig, load_config
 from areal_env.inference.chat_client import ChatClient, SamplingConfig
-from areal_env.inference.registry import InferenceConfig, make_engine
-from areal_env.models.load import load_for_inference, model_dir
+from areal_env.inference.registry import InferenceConfig, load_engine, start_engine
+from areal_env.models.load import model_dir
 from areal_env.progress import progress_bar
 from areal_env.resources import ResourceRegistry
 from areal_env.rollout.episode import EpisodeFn, EpisodeOutcome, make_episode_fn, run_with_retries
@@ -386,6 +386,8 @@ class EvalParts:
     """``async (task_seed, sample_index) -> Trajectory`` on a fresh env and client."""
     close: Callable[[], Awaitable[None]]
     """``await close()`` releases the engine and the envs' shared resources."""
+    start: Callable[[], Awaitable[None]] = field(default=lambda: _nothing())
+    """``await start()`` launches or connects the engine's servers (if any)."""
     model: str
     """The model folder or hub id evaluated."""
 
@@ -402,8 +404,7 @@ def build_parts(cfg: EvalConfig) -> EvalParts:
     resources = ResourceRegistry(name="eval")
     env_factory = make_env_factory(cfg.env.id, dict(cfg.env.kwargs), resources)
     agent = make_agent(cfg.agent.name, **cfg.agent.kwargs)
-    model, tokenizer = load_for_inference(cfg.model, cfg.output_dir)
-    engine = make_engine(model, tokenizer, cfg.inference)
+    engine, tokenizer = load_engine(cfg.model, cfg.inference, cfg.output_dir)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
     resources.get(POLICY_CLIENT_KEY, lambda: client)  # envs that call the policy (tau2's user)
 
@@ -411,8 +412,17 @@ def build_parts(cfg: EvalConfig) -> EvalParts:
         await engine.close()
         await resources.aclose()
 
+    async def start() -> None:
+        await start_engine(engine)
+
     episode_fn = make_episode_fn(env_factory, agent, client.episode)
-    return EvalParts(episode_fn=episode_fn, close=close, model=model_dir(cfg.model, cfg.output_dir))
+    return EvalParts(
+        episode_fn=episode_fn, close=close, start=start, model=model_dir(cfg.model, cfg.output_dir)
+    )
+
+
+async def _nothing() -> None:
+    return None
 
 
 def jobs(settings: EvalSettings) -> Iterator[tuple[int, int, int]]:
@@ -507,6 +517,7 @@ async def run(cfg: EvalConfig, parts: EvalParts) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         jsonl.parent.mkdir(parents=True, exist_ok=True)
+        await parts.start()
         with jsonl.open("w", encoding="utf-8") as out:
             records = await play(parts.episode_fn, cfg.eval, out)
     finally:  # the engine's worker and what envs shared are released on every path

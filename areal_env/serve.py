@@ -30,8 +30,7 @@ import torch
 
 from areal_env.config import ModelConfig, load_config
 from areal_env.inference.chat_client import ChatClient
-from areal_env.inference.registry import InferenceConfig, make_engine
-from areal_env.models.load import load_for_inference
+from areal_env.inference.registry import InferenceConfig, load_engine, start_engine
 from areal_env.serving import OpenAIServer
 
 logger = logging.getLogger("areal_env.serve")
@@ -89,8 +88,7 @@ def build_client(cfg: ServeConfig) -> ChatClient:
     torch.manual_seed(cfg.seed)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    model, tokenizer = load_for_inference(cfg.model, cfg.output_dir)
-    engine = make_engine(model, tokenizer, cfg.inference)
+    engine, tokenizer = load_engine(cfg.model, cfg.inference, cfg.output_dir)
     name = cfg.server.model_name or cfg.model.path or TINY_MODEL_NAME
     return ChatClient(engine, tokenizer, sampling=cfg.inference.sampling, model_name=name)
 
@@ -116,6 +114,7 @@ async def serve(
         client, host=s.host, port=s.port, api_key=s.api_key, public_url=s.public_url
     )
     try:
+        await start_engine(client.engine)
         async with server:
             print(f"serving {client.model_name} at {server.base_url}", flush=True)
             if on_ready is not None:

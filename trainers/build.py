@@ -24,7 +24,7 @@ from areal_env.agents.registry import make_agent
 from areal_env.config import resolve_device
 from areal_env.inference.chat_client import ChatClient
 from areal_env.inference.engine import InferenceEngine
-from areal_env.inference.registry import make_engine
+from areal_env.inference.registry import EngineContext, make_engine
 from areal_env.models.load import model_dir
 from areal_env.models.tiny import load_model_and_tokenizer
 from areal_env.resources import ResourceRegistry
@@ -97,10 +97,15 @@ def build_components(cfg: GRPOConfig) -> Components:
     device = resolve_device(cfg.model.device)
     path = model_dir(cfg.model, cfg.output_dir)
     policy, tokenizer = load_model_and_tokenizer(path, dtype=cfg.model.dtype, device=device)
-    # The engine gets its own copy: rollouts keep sampling while the trainer
-    # steps, and weights move only through update_weights.
-    engine_model = copy.deepcopy(policy).eval()
-    engine = make_engine(engine_model, tokenizer, cfg.inference)
+    # A local engine gets its own copy: rollouts keep sampling while the trainer
+    # steps, and weights move only through update_weights. Servers load ``path``.
+    context = EngineContext(
+        tokenizer=tokenizer,
+        model_path=path,
+        output_dir=cfg.output_dir,
+        load_model=lambda: copy.deepcopy(policy).eval(),
+    )
+    engine = make_engine(cfg.inference, context)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)
     resources = ResourceRegistry(name="run")
     resources.get(POLICY_CLIENT_KEY, lambda: client)

@@ -36,6 +36,7 @@ import torch
 
 from areal_env.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
 from areal_env.config import load_config, to_yaml
+from areal_env.inference.registry import start_engine
 from areal_env.metrics import MetricsLogger
 from areal_env.progress import progress_bar
 from areal_env.rollout.scheduler import RolloutScheduler
@@ -146,6 +147,7 @@ async def run(cfg: GRPOConfig) -> Path:
 
 async def _run(cfg: GRPOConfig, parts: Components) -> Path:
     out = Path(cfg.output_dir)
+    await start_engine(parts.engine)  # a wrong or dead server stops the run here, named
     checkpoints = list_checkpoints(out) if cfg.recover else []
     if cfg.recover and not checkpoints:
         logger.warning("recover=true but no checkpoint in %s: starting fresh", out)

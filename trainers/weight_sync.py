@@ -1,7 +1,10 @@
 """Push the trainer's weights to inference: pause -> load -> version+1 -> resume.
 
-The order matters. The engine drains in-flight work before it loads, so no
-token is sampled from half-updated weights; the scheduler learns the new
+The order matters. The engine interrupts (or drains) in-flight work before it
+loads, so no token is sampled from half-updated weights, and interrupted
+requests continue on the new weights, each token labelled with its version; the
+weights are written (for disk transports) before the pause, so generation stops
+only for the load itself. The scheduler learns the new
 version only after the engine has it, so the staleness bound is never
 computed against a version the engine does not serve yet.
 
@@ -66,9 +69,9 @@ async def push_weights(
         version: the weight version after the update.
         weights_dir: where disk updates are written (needed by disk-only engines).
     """
+    update = make_update(backend, engine, version=version, weights_dir=weights_dir)
     await engine.pause()
     try:
-        update = make_update(backend, engine, version=version, weights_dir=weights_dir)
         await engine.update_weights(update)
     finally:
         await engine.resume()

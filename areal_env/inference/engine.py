@@ -6,13 +6,17 @@ episodes can wait on one engine while it batches their requests together.
 
 Lifecycle (the trainer drives it around every weight update)::
 
-    await engine.pause()                  # finish in-flight work, admit nothing new
+    await engine.pause()                  # admit nothing new; interrupt or drain in-flight work
     await engine.update_weights(update)   # load weights, version = update.version
-    await engine.resume()                 # queued requests run on the new weights
+    await engine.resume()                 # held and interrupted requests run on the new weights
 
-``abort`` ends requests now, with the tokens generated so far and
-``finish_reason="abort"``: the building block of interruptible generation,
-where a weight update does not wait for long completions. Engines say which
+Engines take an update mode (``inference.update_mode``): ``interrupt`` (AReaL's
+design, the default) makes ``pause()`` stop in-flight generation at once; each
+interrupted request keeps its tokens and continues from prompt + tokens so far
+after ``resume()``, so one result may carry two versions, each token labelled
+with the weights that sampled it. ``drain`` makes ``pause()`` wait for in-flight
+generation to finish. ``abort`` ends requests now, with the tokens generated so
+far and ``finish_reason="abort"``, and they do not continue. Engines say which
 weight transports they take (``weight_transports``): an in-process state dict,
 or a folder of HF-format weights on disk (servers in other processes).
 """
@@ -58,7 +62,7 @@ class InferenceEngine(Protocol):
         ...
 
     async def pause(self) -> None:
-        """Stop starting new work; return once in-flight generation has drained."""
+        """Stop starting new work; interrupt (or, in drain mode, finish) in-flight generation."""
         ...
 
     async def resume(self) -> None:

@@ -17,9 +17,25 @@ One background asyncio task (the worker) owns the running batch and loops::
 4. **update** (back on the event loop): append the tokens, apply the stop rules
    (stop token, stop string, token budget) and resolve finished rows' futures.
 
-``pause()`` stops admissions and returns once the running rows have finished;
-``update_weights()`` loads weights only while the engine is paused and drained,
-so every token of a completion carries the same version.
+Weight updates: ``update_weights()`` loads weights only while the engine is paused
+and idle (no step in flight), so no token is sampled from half-loaded weights.
+``pause()`` stops admissions and has two modes (``update_mode``):
+
+* ``"interrupt"`` (default, AReaL's interruptible generation): an update never
+  waits for the longest completion. At the next step boundary the running rows
+  leave the batch and its KV cache and go back to the front of the queue, in
+  their order, with their futures unresolved and their tokens, logprobs and
+  versions so far kept; ``pause()`` returns within one model step. After
+  ``resume()`` such a row is admitted again by prefilling its prompt plus its
+  output so far and decodes on under the new weights, with the same token
+  budget (``max_new_tokens`` counts old and new tokens) and stop rules. Each
+  token's version is the engine version at the step that sampled it, so a
+  completion that spans an update carries both versions, and its per-token
+  logprobs and versions tell the trainer which weights drew each token. The
+  caller sees one result; only ``abort()`` ends a request early.
+* ``"drain"``: ``pause()`` returns once the running rows have finished, so every
+  token of a completion carries the same version, at the cost of waiting for
+  the longest one.
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import torch
 
@@ -48,6 +64,9 @@ from areal_env.types import (
 )
 
 logger = logging.getLogger(__name__)
+
+UpdateMode = Literal["interrupt", "drain"]
+"""What ``pause()`` does with running rows: requeue them at once, or let them finish."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -83,6 +102,11 @@ class _Row:
     output_logprobs: list[float] = field(default_factory=list)
     output_versions: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+
+    @property
+    def prefix(self) -> tuple[int, ...]:
+        """What a (re)admission prefills: the prompt plus the tokens sampled so far."""
+        return self.request.input_ids + tuple(self.output_ids)
 
     def result(self) -> GenerationResult:
         return GenerationResult(
@@ -136,7 +160,26 @@ class LocalEngine:
         config: LocalEngineConfig | None = None,
         *,
         version: int = 0,
+        update_mode: UpdateMode = "interrupt",
     ) -> None:
+        """Wrap ``model`` (already on its device) for batched generation.
+
+        Args:
+            model: a Hugging Face causal LM.
+            tokenizer: its tokenizer (needed for stop strings), or None.
+            config: batching and sampling settings.
+            version: the weight version of ``model``.
+            update_mode: ``"interrupt"`` requeues running requests at a pause (they
+                continue under the new weights); ``"drain"`` lets them finish first.
+
+        Raises:
+            ValueError: ``update_mode`` is not one of ``UpdateMode``.
+        """
+        if update_mode not in get_args(UpdateMode):
+            raise ValueError(
+                f"update_mode must be one of {get_args(UpdateMode)}, got {update_mode!r}"
+            )
+        self.update_mode: UpdateMode = update_mode
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or LocalEngineConfig()
@@ -154,6 +197,7 @@ class LocalEngine:
         self._in_step: list[_Row] = []
         self._paused = False
         self._closed = False
+        self._num_interrupted = 0
         self._new_loop_primitives()
         self._worker: asyncio.Task[None] | None = None
         self._worker_error: BaseException | None = None
@@ -170,8 +214,13 @@ class LocalEngine:
 
     @property
     def num_waiting(self) -> int:
-        """Requests queued for the next admission."""
+        """Requests queued for the next admission (interrupted ones included)."""
         return len(self._queue)
+
+    @property
+    def num_interrupted(self) -> int:
+        """Running requests a pause sent back to the queue so far (cumulative)."""
+        return self._num_interrupted
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         """Generate one completion; waits while the engine is paused.
@@ -192,7 +241,8 @@ class LocalEngine:
     async def update_weights(self, update: WeightUpdate) -> None:
         """Load ``update.state_dict`` or the safetensors of ``update.path`` and set the version.
 
-        Pauses around the load when the engine is not paused already.
+        Pauses (in the engine's ``update_mode``) around the load when the engine is
+        not paused already.
 
         Raises:
             ValueError: parameter names or shapes do not match the model.
@@ -238,7 +288,12 @@ class LocalEngine:
         return ended
 
     async def pause(self) -> None:
-        """Stop admitting requests; return once the running batch has finished."""
+        """Stop admitting requests; return once no row decodes.
+
+        In ``"interrupt"`` mode the running rows go back to the front of the queue at
+        the next step boundary (at most one model step); in ``"drain"`` mode they
+        finish first.
+        """
         self._paused = True
         await self._idle.wait()
 
@@ -321,6 +376,8 @@ class LocalEngine:
 
     async def _run(self) -> None:
         while True:
+            if self._paused and self.update_mode == "interrupt":
+                self._interrupt_running()
             await self._wait_for_work()
             admitted = self._admit()
             # Finished and cancelled rows leave the batch (and its KV cache) at this step.
@@ -347,12 +404,26 @@ class LocalEngine:
             self._wake.clear()
             await self._wake.wait()
 
+    def _interrupt_running(self) -> None:
+        """Requeue the running rows at the front, in order, with their output so far.
+
+        They leave the batch and its KV cache; their futures stay unresolved.
+        """
+        rows = [r for r in self._running.rows if not r.future.done()]
+        self._queue.extendleft(reversed(rows))
+        self._num_interrupted += len(rows)
+        self._running = _Running()
+        self._idle.set()
+
     def _admit(self) -> list[_Row]:
         admitted: list[_Row] = []
         room, longest = self.config.max_batch_size - self.num_running, 0
         while self._queue and len(admitted) < room and not self._paused:
             row = self._queue[0]
-            longest = max(longest, len(row.request.input_ids))
+            # An interrupted row prefills its prompt and its output so far. Its
+            # budget was clamped to the context for prompt + all output, so the
+            # continued prompt (shorter than that) always fits.
+            longest = max(longest, len(row.request.input_ids) + len(row.output_ids))
             if admitted and (len(admitted) + 1) * longest > self.config.max_prefill_tokens:
                 break
             self._queue.popleft()
@@ -408,7 +479,7 @@ class LocalEngine:
             assert running.kv is not None and running.last_tokens is not None
             logits.append(running.kv.decode(self.model, running.last_tokens))
         if admitted:
-            prompts = [r.request.input_ids for r in admitted]
+            prompts = [r.prefix for r in admitted]
             kv, prefill_logits = KVBatch.prefill(self.model, prompts, self._pad_id)
             logits.append(prefill_logits)
             if running.kv is None:

@@ -177,6 +177,20 @@ def _load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def load_chat_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of ``path``, with a pad token; it must have a chat template.
+
+    Raises:
+        ValueError: when the tokenizer has no chat template (the chat client needs one).
+    """
+    tok = _load_tokenizer(path)
+    if tok.chat_template is None:
+        raise ValueError(f"model.path: tokenizer at {path} has no chat template")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_model_and_tokenizer(
     path: str | Path, *, dtype: str = "float32", device: str = "cpu"
 ):  # -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
@@ -190,10 +204,6 @@ def load_model_and_tokenizer(
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"model.dtype: unknown torch dtype {dtype!r}")
-    tok = _load_tokenizer(path)
-    if tok.chat_template is None:
-        raise ValueError(f"model.path: tokenizer at {path} has no chat template")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    tok = load_chat_tokenizer(path)
     model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     return model.to(device), tok

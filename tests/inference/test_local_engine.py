@@ -294,8 +294,9 @@ async def test_pause_blocks_until_resume(engine, model_tok):
     assert all(r.num_output_tokens == 12 for r in results)
 
 
-async def test_pause_drains_in_flight_work(engine, model_tok):
-    _, tok = model_tok
+async def test_pause_drains_in_flight_work(model_tok):
+    model, tok = model_tok
+    engine = LocalEngine(model, tok, update_mode="drain")
     task = asyncio.create_task(engine.agenerate(req(tok, PROMPTS[0])))
     await until(lambda: engine.num_running == 1)  # admitted to the batch
     await engine.pause()
@@ -303,6 +304,7 @@ async def test_pause_drains_in_flight_work(engine, model_tok):
     await asyncio.sleep(0)
     assert task.done() and task.result().num_output_tokens == 12
     await engine.resume()
+    await engine.close()
 
 
 def _perturbed_state(model, seed: int) -> dict[str, torch.Tensor]:
@@ -338,7 +340,7 @@ async def test_update_weights_changes_outputs_and_versions(model_tok, tmp_path):
 
 async def test_update_weights_waits_for_in_flight_requests(model_tok):
     base, tok = model_tok
-    eng = LocalEngine(copy.deepcopy(base), tok)
+    eng = LocalEngine(copy.deepcopy(base), tok, update_mode="drain")
     sampling = SamplingParams(max_new_tokens=30, temperature=1.0)
     in_flight = asyncio.create_task(eng.agenerate(req(tok, PROMPTS[0], sampling)))
     await until(lambda: eng.num_running == 1)

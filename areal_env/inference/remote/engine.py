@@ -567,7 +567,7 @@ class RemoteEngine:
         self._update_lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
         self._monitor = None
-        self._checks: set[asyncio.Task[None]] = set()
+        self._checks = set()
 
     def _ensure_monitor(self) -> None:
         if self._monitor is None or self._monitor.done():

