@@ -19,6 +19,7 @@ import functools
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,8 +84,12 @@ async def warm_start(
     episode_fn: Any,
     seed: int,
     progress: bool = True,
+    weights_dir: str | Path | None = None,
 ) -> WarmStartResult:
-    """Fine-tune ``model`` in place until sampled accuracy reaches the target."""
+    """Fine-tune ``model`` in place until sampled accuracy reaches the target.
+
+    ``weights_dir``: where pushes to an engine that loads from disk (a server) go.
+    """
     sft = TorchBackend(
         model,
         TrainConfig(
@@ -114,7 +119,9 @@ async def warm_start(
             step += 1
             bar.update(1)
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                await push_weights(sft, engine, None, version=engine.version)
+                await push_weights(
+                    sft, engine, None, version=engine.version, weights_dir=weights_dir
+                )
                 accuracy = await sampled_accuracy(episode_fn, cfg.eval_episodes)
                 bar.set_postfix(
                     nll=f"{stats['sft/nll']:.3f}", accuracy=f"{accuracy:.3f}", refresh=False

