@@ -162,6 +162,7 @@ async def _run(cfg: GRPOConfig, parts: Components) -> Path:
             episode_fn=parts.episode_fn,
             seed=cfg.seed,
             progress=cfg.metrics.progress,
+            weights_dir=out / "weights",
         )
         logger.info("warm start: %s", result)
     ref_model = None
