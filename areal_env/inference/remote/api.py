@@ -129,6 +129,22 @@ class ServerAPI(ABC):
                 raise
             return False
 
+    async def _check_tokenizer(
+        self, session: aiohttp.ClientSession, probe_ids: Sequence[int], extra: dict[str, Any]
+    ) -> None:
+        """``/tokenize`` of :data:`PROBE_TEXT` must give ``probe_ids`` (the same vocabulary)."""
+        body = {**extra, "prompt": PROBE_TEXT, "add_special_tokens": False}
+        answer = await self._call(session, "POST", "/tokenize", payload=body, seconds=30)
+        served = list(answer.get("tokens", []))
+        if served != list(probe_ids):
+            raise ServerError(
+                self.url,
+                f"serves model {self.model_name!r} with a different tokenizer than the "
+                f"trainer's (probe {PROBE_TEXT!r}: server ids {served[:12]}, ours "
+                f"{list(probe_ids)[:12]})",
+                retryable=False,
+            )
+
     # ---- the dialect ----------------------------------------------------------------
 
     @abstractmethod
@@ -194,19 +210,8 @@ class VLLMAPI(ServerAPI):
             raise ServerError(
                 self.url, f"is not a vLLM server (GET /v1/models: {e})", retryable=False
             ) from e
-        if probe_ids is None:
-            return
-        body = {"model": self.model_name, "prompt": PROBE_TEXT, "add_special_tokens": False}
-        answer = await self._call(session, "POST", "/tokenize", payload=body, seconds=30)
-        served = list(answer.get("tokens", []))
-        if served != list(probe_ids):
-            raise ServerError(
-                self.url,
-                f"serves model {self.model_name!r} with a different tokenizer than the "
-                f"trainer's (probe {PROBE_TEXT!r}: server ids {served[:12]}, ours "
-                f"{list(probe_ids)[:12]})",
-                retryable=False,
-            )
+        if probe_ids is not None:
+            await self._check_tokenizer(session, probe_ids, {"model": self.model_name})
 
     @override
     async def generate(
@@ -303,24 +308,8 @@ class SGLangAPI(ServerAPI):
                 f"serves {self.model_name!r}, which is not a generation model",
                 retryable=False,
             )
-        if probe_ids is None:
-            return
-        answer = await self._call(
-            session,
-            "POST",
-            "/tokenize",
-            payload={"prompt": PROBE_TEXT, "add_special_tokens": False},
-            seconds=30,
-        )
-        served = list(answer.get("tokens", []))
-        if served != list(probe_ids):
-            raise ServerError(
-                self.url,
-                f"serves model {self.model_name!r} with a different tokenizer than the "
-                f"trainer's (probe {PROBE_TEXT!r}: server ids {served[:12]}, ours "
-                f"{list(probe_ids)[:12]})",
-                retryable=False,
-            )
+        if probe_ids is not None:
+            await self._check_tokenizer(session, probe_ids, {})
 
     @override
     async def generate(
