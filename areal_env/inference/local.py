@@ -222,6 +222,10 @@ class LocalEngine:
         """Running requests a pause sent back to the queue so far (cumulative)."""
         return self._num_interrupted
 
+    def metrics(self) -> dict[str, float]:
+        """Cumulative counters for the run's metrics (``inference/<name>``)."""
+        return {"inference/interrupted": float(self._num_interrupted)}
+
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         """Generate one completion; waits while the engine is paused.
 

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -109,7 +109,6 @@ class EngineStats:
     server_rejoins: int = 0
     load_failures: int = 0
     failed_requests: int = 0
-    per_server: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class RemoteEngine:
@@ -186,6 +185,12 @@ class RemoteEngine:
     def servers(self) -> list[Server]:
         """The servers and their state (empty until :meth:`start`)."""
         return list(self._servers)
+
+    def metrics(self) -> dict[str, float]:
+        """Cumulative counters for the run's metrics (``inference/<name>``)."""
+        out = {f"inference/{k}": float(v) for k, v in asdict(self.stats).items()}
+        out["inference/servers_available"] = float(sum(s.available for s in self._servers))
+        return out
 
     async def start(self) -> None:
         """Launch (if asked), wait for and check every server; idempotent.

@@ -331,3 +331,12 @@ async def test_a_server_that_fails_to_load_is_left_out_and_the_version_still_mov
         result = await engine.agenerate(request((5,), 4))
         assert result.output_versions == [1] * 4
         assert_provenance(result)
+
+
+async def test_metrics_count_what_the_engine_worked_around():
+    async with servers(2, token_delay=0.002) as fakes, engine_on(fakes) as engine:
+        fakes[0].fail_next = [503]  # the first pick; the retry goes to the other
+        await engine.agenerate(request((5,), 3))
+        metrics = engine.metrics()
+        assert metrics["inference/retries"] == 1 and metrics["inference/chunks"] == 2
+        assert metrics["inference/servers_available"] == 2
