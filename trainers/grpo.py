@@ -1,5 +1,9 @@
 """GRPO-family trainer: ``python trainers/grpo.py [--config F.yaml] [--resume] [k=v ...]``.
 
+With ``train.backend=fsdp`` it also runs as ``torchrun --nproc-per-node N
+trainers/grpo.py ...``: rank 0 runs everything below, the other ranks only hold
+model shards and follow rank 0's backend calls (docs/distributed.md).
+
 The algorithm (GRPO, Shao et al. 2024, with AReaL's asynchronous rollouts):
 
 1. The rollout scheduler keeps episodes running in the background: each task is
@@ -40,8 +44,10 @@ from areal_env.inference.registry import start_engine
 from areal_env.metrics import MetricsLogger
 from areal_env.progress import progress_bar
 from areal_env.rollout.scheduler import RolloutScheduler
+from areal_env.trainers import distributed
 from areal_env.trainers.algorithms.advantages import compute_advantages
 from areal_env.trainers.backends.base import TrainBackend
+from areal_env.trainers.backends.fsdp import check_supported, serve_main_rank
 from areal_env.trainers.backends.registry import make_backend
 from areal_env.trainers.build import Components, build_components, seed_everything
 from areal_env.trainers.config import GRPOConfig
@@ -193,7 +199,7 @@ async def _run(cfg: GRPOConfig, parts: Components) -> Path:
     finally:
         metrics.close()
     final = out / "final_model"
-    parts.policy.save_pretrained(final)
+    backend.save_weights(str(final))  # plain HF weights (LoRA: adapters merged in)
     parts.tokenizer.save_pretrained(final)
     return final
 
@@ -203,13 +209,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(GRPOConfig, argv)
+        if cfg.train.backend == "fsdp":
+            check_supported(cfg.train)
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    final = asyncio.run(run(cfg))
+    if cfg.train.backend == "fsdp":  # under torchrun: one process per rank
+        distributed.init(timeout_s=cfg.train.fsdp.timeout_s)
+    clean = False
+    try:
+        if not distributed.is_main():  # only trains, driven by rank 0; writes nothing
+            if cfg.torch_threads > 0:
+                torch.set_num_threads(cfg.torch_threads)
+            serve_main_rank(cfg)
+            clean = True
+            return 0
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        final = asyncio.run(run(cfg))
+        clean = True
+    finally:
+        distributed.shutdown(clean=clean)
     print(f"done: metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}, final model in {final}")
     return 0
 

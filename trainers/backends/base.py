@@ -6,15 +6,17 @@ A backend owns the trainable model and its optimizer on some device layout
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from areal_env.trainers.algorithms.losses.base import LossFn
+from areal_env.trainers.backends.fsdp_config import FSDPConfig
+from areal_env.trainers.backends.lora import LoRAConfig
 from areal_env.types import EpisodeBatch
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "fsdp")
 """Valid values of ``train.backend``."""
 
 
@@ -43,6 +45,10 @@ class TrainConfig:
     share_prompt_prefix: bool = True
     """Run a group's common prompt once per forward and reuse its KV cache for every
     sample (same logits and gradients as the plain forward, fewer FLOPs)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters instead of full fine-tuning (rank 0, the default, is off)."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """FSDP2 options, read when ``backend`` is fsdp."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -12,9 +12,13 @@ from collections.abc import Callable
 import torch
 
 from areal_env.trainers.backends.base import BACKENDS, TrainBackend, TrainConfig
+from areal_env.trainers.backends.fsdp import FSDPBackend
 from areal_env.trainers.backends.torch_single import TorchBackend
 
-BACKEND_CLASSES: dict[str, Callable[..., TrainBackend]] = {"torch": TorchBackend}
+BACKEND_CLASSES: dict[str, Callable[..., TrainBackend]] = {
+    "torch": TorchBackend,
+    "fsdp": FSDPBackend,
+}
 """``train.backend`` name -> backend class ``(model, config, *, pad_id, ref_model)``."""
 
 

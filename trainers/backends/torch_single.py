@@ -7,12 +7,18 @@ normalised by the token and sequence counts of its whole minibatch
 (``LossInputs.num_tokens`` / ``num_sequences``), so the accumulated gradient is
 the minibatch's gradient whatever the micro-batch size (a test compares them).
 Each row is scored at the temperature its sample was drawn with.
+
+With ``train.lora.rank > 0`` the policy is wrapped with peft LoRA adapters
+(:mod:`.lora`): only the adapters are in the optimizer, weights for inference are
+the merged ones under the base model's names, and checkpoints hold only the
+adapter plus optimizer state.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +28,7 @@ from areal_env.trainers.backends.base import (
     gather_token_logprobs,
     masked_entropy_sum,
 )
+from areal_env.trainers.backends.lora import merged_state_dict, weights_fingerprint, wrap_with_lora
 from areal_env.trainers.backends.prefix_sharing import forward_logits
 from areal_env.types import EpisodeBatch, PaddedBatch
 
@@ -34,6 +41,10 @@ class TorchBackend:
         config: optimisation settings.
         pad_id: token id used to pad rows.
         ref_model: optional frozen reference model for a KL penalty.
+
+    With ``config.lora`` enabled, ``model`` is wrapped with peft in place (its
+    linear layers gain adapters): read its weights through :meth:`weights_for_sync`
+    or :meth:`save_weights`, not from ``model`` itself.
     """
 
     def __init__(
@@ -44,13 +55,17 @@ class TorchBackend:
         pad_id: int,
         ref_model: torch.nn.Module | None = None,
     ) -> None:
-        self.model = model
+        self.lora = config.lora.enabled
+        # peft's PeftModel when LoRA is on (its base is ``model``, adapters injected).
+        self._peft: Any = wrap_with_lora(model, config.lora) if self.lora else None
+        self.model: torch.nn.Module = model if self._peft is None else self._peft
         self.config = config
         self.pad_id = pad_id
         self.ref_model = ref_model
         self.device = next(model.parameters()).device
+        self._fingerprints: dict[str, str] = {}
         self.optimizer = torch.optim.AdamW(
-            model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=config.lr,
             betas=config.betas,
             weight_decay=config.weight_decay,
@@ -141,7 +156,7 @@ class TorchBackend:
             for k, v in step_stats.items():
                 stats[k] = stats.get(k, 0.0) + v / n_mini
         self.model.eval()
-        stats["train/lr"] = self.lr_schedule.get_last_lr()[0]
+        stats["train/lr"] = float(self.lr_schedule.get_last_lr()[0])
         stats["train/rows"] = float(len(rows))
         return stats
 
@@ -210,18 +225,49 @@ class TorchBackend:
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     def weights_for_sync(self) -> dict[str, torch.Tensor]:
-        """The policy's state dict (tensors are shared, not copied)."""
+        """The policy's state dict (tensors are shared, not copied).
+
+        With LoRA: the merged weights under the base model's names (targeted
+        weights are new tensors, the rest are shared).
+        """
+        if self.lora:
+            return merged_state_dict(self._peft)
         return {k: v.detach() for k, v in self.model.state_dict().items()}
 
     def save_weights(self, path: str) -> None:
-        """The policy's weights as an HF folder (safetensors + config), for servers."""
-        self.model.save_pretrained(Path(path))
+        """The policy's weights as an HF folder (safetensors + config), for servers.
+
+        With LoRA the folder is a plain model with the adapters merged in.
+        """
+        if self.lora:
+            base = self._peft.get_base_model()
+            base.save_pretrained(Path(path), state_dict=merged_state_dict(self._peft))
+            return
+        self._hf_model().save_pretrained(Path(path))
+
+    def _hf_model(self) -> Any:
+        return self.model  # a transformers PreTrainedModel (nn.Module's typing hides it)
+
+    def _fingerprint(self, which: str = "base") -> str:
+        if which not in self._fingerprints:  # base and reference are frozen: hash once
+            model = self._peft if which == "base" else self.ref_model
+            self._fingerprints[which] = weights_fingerprint(model)
+        return self._fingerprints[which]
 
     def save(self, path: str) -> None:
-        """Model in HF format plus optimizer and LR-schedule state."""
+        """Model in HF format plus optimizer and LR-schedule state.
+
+        With LoRA only the adapter (``adapter/``: peft's adapter_model.safetensors
+        and adapter_config.json) and fingerprints of the frozen base and reference
+        model are written, no copy of either.
+        """
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out / "model")
+        if self.lora:
+            self._peft.save_pretrained(out / "adapter")
+            (out / "base_fingerprint.txt").write_text(self._fingerprint())
+        else:
+            self._hf_model().save_pretrained(out / "model")
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
@@ -229,7 +275,9 @@ class TorchBackend:
             },
             out / "optimizer.pt",
         )
-        if self.ref_model is not None:
+        if self.ref_model is not None and self.lora:  # frozen since the run began
+            (out / "ref_fingerprint.txt").write_text(self._fingerprint("ref"))
+        elif self.ref_model is not None:
             torch.save(self.ref_model.state_dict(), out / "ref_model.pt")
 
     def load(self, path: str) -> None:
@@ -237,12 +285,17 @@ class TorchBackend:
         from safetensors.torch import load_file
 
         src = Path(path)
-        state = {}
-        for f in sorted((src / "model").glob("*.safetensors")):
-            state.update(load_file(f, device=str(self.device)))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
-            raise ValueError(f"checkpoint {src} does not match the model: {missing} {unexpected}")
+        if self.lora:
+            self._load_adapter(src)
+        else:
+            state = {}
+            for f in sorted((src / "model").glob("*.safetensors")):
+                state.update(load_file(f, device=str(self.device)))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
+                raise ValueError(
+                    f"checkpoint {src} does not match the model: {missing} {unexpected}"
+                )
         opt = torch.load(src / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.lr_schedule.load_state_dict(opt["lr_schedule"])
@@ -250,3 +303,31 @@ class TorchBackend:
         if self.ref_model is not None and ref_file.exists():
             ref_state = torch.load(ref_file, map_location=self.device, weights_only=True)
             self.ref_model.load_state_dict(ref_state)
+
+    def _load_adapter(self, src: Path) -> None:
+        """Put the adapter of a LoRA checkpoint back, after checking it fits this base."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        adapter = src / "adapter"
+        if not (adapter / "adapter_model.safetensors").exists():
+            raise ValueError(f"checkpoint {src} holds no LoRA adapter (train.lora.rank > 0)")
+        for which in ("base", "ref"):
+            file = src / f"{which}_fingerprint.txt"
+            if which == "ref" and (self.ref_model is None or not file.exists()):
+                continue
+            if file.read_text().strip() != self._fingerprint(which):
+                raise ValueError(
+                    f"checkpoint {src}: its LoRA adapter was trained with a different {which} "
+                    "model (the checkpoint stores only the adapter, so resume needs the same "
+                    "frozen weights, e.g. the same warm-started model)"
+                )
+        state = load_file(adapter / "adapter_model.safetensors", device=str(self.device))
+        result: Any = set_peft_model_state_dict(self._peft, state)
+        expected = {k for k, p in self.model.named_parameters() if p.requires_grad}
+        missing = [k for k in result.missing_keys if k in expected]
+        if result.unexpected_keys or missing or len(state) != len(expected):
+            raise ValueError(
+                f"checkpoint {src}: the LoRA adapter does not match train.lora "
+                f"(missing {missing}, unexpected {result.unexpected_keys})"
+            )
