@@ -5,7 +5,8 @@ exactly ``--new-tokens`` sampled tokens each (no stop token), from the same prom
 
 * ``local``: LocalEngine in this process (continuous batching, KV cache);
 * ``client``: RemoteEngine -> a vLLM server this script launches;
-* ``raw``: the same ``/v1/completions`` payloads posted with aiohttp directly.
+* ``raw``: the very ``/v1/completions`` payloads our client sends, posted with
+  aiohttp directly (no engine, routing, versions or result objects).
 
 Rounds alternate the three sides (local, client, raw, local, ...) after a warm-up
 so that drift on the machine hits each alike; the medians and their ratios are
@@ -29,8 +30,8 @@ import aiohttp
 import torch
 
 from areal_env.inference.local import LocalEngine
-from areal_env.inference.remote.api import PROBE_TEXT
-from areal_env.inference.remote.engine import RemoteEngine, RemoteEngineConfig
+from areal_env.inference.remote.api import PROBE_TEXT, VLLMAPI
+from areal_env.inference.remote.engine import KEEPALIVE_S, RemoteEngine, RemoteEngineConfig
 from areal_env.inference.remote.launch import launch_servers
 from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
 from areal_env.types import GenerationRequest, SamplingParams
@@ -54,24 +55,21 @@ async def engine_round(engine, prompts, new_tokens: int) -> float:
     return elapsed
 
 
-async def raw_round(session: aiohttp.ClientSession, url: str, prompts, new_tokens: int) -> float:
-    async def one(prompt):
-        payload = {
-            "model": "policy",
-            "prompt": list(prompt),
-            "max_tokens": new_tokens,
-            "temperature": 1.0,
-            "logprobs": 0,
-            "return_token_ids": True,
-            "ignore_eos": True,
-        }
-        async with session.post(url + "/v1/completions", json=payload) as response:
+async def raw_round(
+    session: aiohttp.ClientSession, api: VLLMAPI, prompts, new_tokens: int
+) -> float:
+    """The very payloads our client sends, posted and parsed with nothing around them."""
+    sampling = SamplingParams(max_new_tokens=new_tokens, temperature=1.0)
+
+    async def one(i, prompt):
+        payload = api.completion_payload(prompt, sampling, new_tokens, f"raw-{i}")
+        async with session.post(api.url + "/v1/completions", json=payload) as response:
             body = await response.json()
         assert len(body["choices"][0]["token_ids"]) == new_tokens
         return body
 
     start = time.perf_counter()
-    await asyncio.gather(*(one(p) for p in prompts))
+    await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
     return time.perf_counter() - start
 
 
@@ -87,20 +85,23 @@ async def main_async(args: argparse.Namespace) -> None:
             python=args.vllm_python,
             model=str(path),
             count=1,
-            log_dir=Path(tmp) / "logs",
+            log_dir=Path(args.log_dir),
             max_model_len=512,
             extra_args=CPU_ARGS,
             startup_timeout=300,
         )
         probe = tokenizer.encode(PROBE_TEXT, add_special_tokens=False)
         client = RemoteEngine("vllm", urls, RemoteEngineConfig(), probe_ids=probe)
+        raw_api = VLLMAPI(urls[0])
+        raw_api.model_name = "policy"
         try:
             await client.start()
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
+            async with aiohttp.ClientSession(connector=connector) as session:
                 sides = {
                     "local": lambda: engine_round(local, prompts, args.new_tokens),
                     "client": lambda: engine_round(client, prompts, args.new_tokens),
-                    "raw": lambda: raw_round(session, urls[0], prompts, args.new_tokens),
+                    "raw": lambda: raw_round(session, raw_api, prompts, args.new_tokens),
                 }
                 for run in sides.values():  # warm-up
                     await run()
@@ -118,6 +119,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name, seconds in med.items():
         print(f"  {name:<7} median {seconds:.3f} s  ({tokens / seconds:,.0f} tok/s)")
+    print(f"client counters: {client.stats}")
     print(f"client / raw HTTP : {med['client'] / med['raw']:.3f}  (target <= 1.10)")
     print(f"local / vLLM raw  : {med['local'] / med['raw']:.3f}  (target <= 1.00)")
 
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--log-dir", default="outputs/bench-engines", help="server logs")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -213,15 +213,14 @@ class VLLMAPI(ServerAPI):
         if probe_ids is not None:
             await self._check_tokenizer(session, probe_ids, {"model": self.model_name})
 
-    @override
-    async def generate(
+    def completion_payload(
         self,
-        session: aiohttp.ClientSession,
         input_ids: Sequence[int],
         sampling: SamplingParams,
         max_new_tokens: int,
         request_id: str,
-    ) -> Chunk:
+    ) -> dict[str, Any]:
+        """The ``/v1/completions`` body of one generate call."""
         payload: dict[str, Any] = {
             "model": self.model_name,
             "prompt": list(input_ids),
@@ -240,6 +239,18 @@ class VLLMAPI(ServerAPI):
             payload["top_k"] = sampling.top_k
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
+        return payload
+
+    @override
+    async def generate(
+        self,
+        session: aiohttp.ClientSession,
+        input_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int,
+        request_id: str,
+    ) -> Chunk:
+        payload = self.completion_payload(input_ids, sampling, max_new_tokens, request_id)
         body = await self._call(session, "POST", "/v1/completions", payload=payload)
         try:
             choice = body["choices"][0]

@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 
 UpdateMode = Literal["interrupt", "drain"]
 
+KEEPALIVE_S = 3.0
+"""Seconds an idle connection is kept; below vLLM's and SGLang's uvicorn keep-alive (5 s)."""
+
 Launcher = Callable[[], Awaitable[tuple[list[str], Callable[[], Any]]]]
 """Starts servers; returns their URLs and a callable that stops them."""
 
@@ -562,7 +565,10 @@ class RemoteEngine:
         if self._loop is loop:
             return
         self._loop = loop
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # Idle connections are dropped before the servers' own keep-alive timeout
+        # (uvicorn: 5 s), so a reused connection is never one the server just closed.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S)
+        self._session = aiohttp.ClientSession(connector=connector)
         self._gate = asyncio.Event()
         if not self._paused:
             self._gate.set()
