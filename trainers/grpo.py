@@ -51,7 +51,11 @@ from areal_env.trainers.backends.fsdp import check_supported, serve_main_rank
 from areal_env.trainers.backends.registry import make_backend
 from areal_env.trainers.build import Components, build_components, seed_everything
 from areal_env.trainers.config import GRPOConfig
-from areal_env.trainers.warm_start import warm_start
+from areal_env.trainers.warm_start import (
+    restore_warm_started_base,
+    save_warm_started_base,
+    warm_start,
+)
 from areal_env.trainers.weight_sync import push_weights
 from areal_env.types import EpisodeBatch
 
@@ -171,6 +175,10 @@ async def _run(cfg: GRPOConfig, parts: Components) -> Path:
             weights_dir=out / "weights",
         )
         logger.info("warm start: %s", result)
+        if cfg.train.lora.rank > 0:  # adapter-only checkpoints need this base on resume
+            save_warm_started_base(parts.policy, out)
+    elif checkpoints and cfg.train.lora.rank > 0 and restore_warm_started_base(parts.policy, out):
+        logger.info("resume: the warm-started base of the LoRA adapters is back")
     ref_model = None
     if cfg.algorithm.resolved().kl_coef:  # the frozen warm-start model, for the KL term
         ref_model = copy.deepcopy(parts.policy).eval().requires_grad_(False)

@@ -73,6 +73,66 @@ async def sampled_accuracy(episode_fn: Any, n: int) -> float:
     return sum(o.trajectory.reward for o in outcomes if o.trajectory is not None) / n
 
 
+WARM_STARTED_BASE = "warm_start_model"
+"""Folder under ``output_dir`` that keeps the warm-started model of a LoRA run."""
+
+
+def save_warm_started_base(model: torch.nn.Module, output_dir: str | Path) -> Path:
+    """Keep the warm-started weights: a LoRA checkpoint holds adapters only.
+
+    On resume the warm start is skipped, so the adapters of the checkpoint need
+    this base back under them (the backend checks its fingerprint).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(output_dir) / WARM_STARTED_BASE
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(_untied(state), str(folder / "model.safetensors"))
+    return folder
+
+
+def restore_warm_started_base(model: torch.nn.Module, output_dir: str | Path) -> bool:
+    """Load the weights :func:`save_warm_started_base` kept, if any; True when loaded."""
+    from safetensors.torch import load_file
+
+    file = Path(output_dir) / WARM_STARTED_BASE / "model.safetensors"
+    if not file.exists():
+        return False
+    device = next(model.parameters()).device
+    state = load_file(str(file), device=str(device))
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(k not in _aliases(model) for k in missing):
+        raise ValueError(
+            f"{file} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return True
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One name per tensor: safetensors refuses shared storage."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            out[name] = tensor
+    return out
+
+
+def _aliases(model: torch.nn.Module) -> set[str]:
+    """Names that alias another parameter's storage (tied weights), safe to skip."""
+    first: dict[int, str] = {}
+    aliases = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in first:
+            aliases.add(name)
+        else:
+            first[tensor.data_ptr()] = name
+    return aliases
+
+
 async def warm_start(
     cfg: WarmStartConfig,
     model: torch.nn.Module,

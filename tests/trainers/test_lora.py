@@ -248,15 +248,25 @@ def test_lora_grpo_run_trains_only_adapters_and_saves_a_merged_model(tmp_path, m
     assert not (ck / "model").exists()
 
 
-def test_lora_run_resumes_from_an_adapter_checkpoint(tmp_path, monkeypatch):
-    # Warm start off: resume skips the warm start, and an adapter checkpoint only fits the
-    # base it was trained on (a warm-started LoRA run refuses to resume, by name).
+WARM_ON = [
+    "warm_start.max_steps=4",
+    "warm_start.eval_every=2",
+    "warm_start.eval_episodes=8",
+    "warm_start.num_demos=32",
+    "warm_start.batch_size=16",
+]
+
+
+@pytest.mark.parametrize("warm", [["warm_start.enabled=false"], WARM_ON], ids=["cold", "warm"])
+def test_lora_run_resumes_from_an_adapter_checkpoint(tmp_path, monkeypatch, warm):
+    # Resume skips the warm start, and an adapter checkpoint only fits the base it was
+    # trained on: a warm-started run keeps its base in output_dir/warm_start_model.
     register_test_envs()
     out = tmp_path / "run"
     argv = [
         *TINY_MODEL_OVERRIDES,
         f"env.id={PARITY_ENV_ID}",
-        "warm_start.enabled=false",
+        *warm,
         "algorithm.kl_coef=0.1",
         "rollout.batch_size=2",
         "rollout.n_samples=4",
@@ -281,6 +291,7 @@ def test_lora_run_resumes_from_an_adapter_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(grpo, "push_weights", real_push)
     assert grpo.main([*argv, "--resume"]) == 0
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert (out / "warm_start_model").exists() == (warm is WARM_ON)
     ck = sorted((out / "checkpoints").glob("step_*"))[-1] / "backend"
     assert sorted(p.name for p in ck.iterdir()) == [
         "adapter",
