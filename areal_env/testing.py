@@ -31,6 +31,8 @@ from areal_env.types import (
 
 __all__ = [
     "PARITY_ENV_ID",
+    "SMALL_RUN_OVERRIDES",
+    "SMALL_WARM_START_OVERRIDES",
     "TINY_MODEL_OVERRIDES",
     "ParityEnv",
     "ScriptedEngine",
@@ -51,6 +53,24 @@ TINY_MODEL_OVERRIDES: tuple[str, ...] = (
     "model.tiny.intermediate_size=64",
 )
 """Config overrides for an even smaller embedded model: end-to-end trainer tests in seconds."""
+
+SMALL_RUN_OVERRIDES: tuple[str, ...] = (
+    "rollout.batch_size=2",
+    "rollout.n_samples=4",
+    "rollout.max_concurrent_rollouts=16",
+    "metrics.wandb_mode=disabled",
+    "metrics.progress=false",
+)
+"""A short trainer run's rollout and metrics settings: two groups of four a step, no wandb."""
+
+SMALL_WARM_START_OVERRIDES: tuple[str, ...] = (
+    "warm_start.max_steps=4",
+    "warm_start.eval_every=2",
+    "warm_start.eval_episodes=8",
+    "warm_start.num_demos=32",
+    "warm_start.batch_size=16",
+)
+"""A warm start of four SFT steps: enough to exercise it, not to learn the task."""
 
 
 def make_sample(

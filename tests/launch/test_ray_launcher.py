@@ -16,14 +16,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from omegaconf import OmegaConf
 
 from areal_env.launch import ray as ray_launch
 from areal_env.metrics import read_metrics
-from areal_env.testing import PARITY_ENV_ID, TINY_MODEL_OVERRIDES
-
-ray = pytest.importorskip("ray")
+from areal_env.testing import PARITY_ENV_ID, SMALL_RUN_OVERRIDES, TINY_MODEL_OVERRIDES
 
 HERE = Path(__file__).resolve().parent
 FAKE_SERVER = HERE.parent / "inference" / "remote" / "fake_server_process.py"
@@ -31,12 +30,8 @@ IMPORT_THIS = f"--env=PYTHONPATH={HERE}"
 
 SMALL_GRPO = [
     *TINY_MODEL_OVERRIDES,
-    "rollout.batch_size=2",
-    "rollout.n_samples=4",
-    "rollout.max_concurrent_rollouts=16",
+    *SMALL_RUN_OVERRIDES,
     "checkpoint.every_steps=2",
-    "metrics.wandb_mode=disabled",
-    "metrics.progress=false",
     f"env.id={PARITY_ENV_ID}",
     "warm_start.enabled=false",
     "torch_threads=1",

@@ -8,6 +8,7 @@ import torch
 from server_tier_settings import KIND, SERVER_ARGS, SERVER_PYTHON
 
 from areal_env.metrics import read_metrics
+from areal_env.testing import SMALL_RUN_OVERRIDES, SMALL_WARM_START_OVERRIDES
 from areal_env.trainers import grpo
 
 
@@ -41,16 +42,8 @@ def test_grpo_launches_servers_trains_pushes_weights_and_stops_the_servers(tmp_p
         "model.tiny.num_heads=2",
         "model.tiny.num_layers=1",
         "model.tiny.intermediate_size=128",
-        "warm_start.max_steps=4",
-        "warm_start.eval_every=2",
-        "warm_start.eval_episodes=8",
-        "warm_start.num_demos=32",
-        "warm_start.batch_size=16",
-        "rollout.batch_size=2",
-        "rollout.n_samples=4",
-        "rollout.max_concurrent_rollouts=16",
-        "metrics.wandb_mode=disabled",
-        "metrics.progress=false",
+        *SMALL_WARM_START_OVERRIDES,
+        *SMALL_RUN_OVERRIDES,
         "train.steps=3",
         f"inference.backend={KIND}",
         "inference.launch=true",

@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import PARITY_ENV_ID, TINY_MODEL_OVERRIDES, register_test_envs
+from areal_env.testing import (
+    PARITY_ENV_ID,
+    SMALL_RUN_OVERRIDES,
+    TINY_MODEL_OVERRIDES,
+    register_test_envs,
+)
 from areal_env.trainers import distributed
 from areal_env.trainers.backends.base import TrainConfig
 
@@ -31,12 +36,8 @@ by ~1e-3 (the step's own size)."""
 
 SMALL_GRPO = [
     *TINY_MODEL_OVERRIDES,
-    "rollout.batch_size=2",
-    "rollout.n_samples=4",
-    "rollout.max_concurrent_rollouts=16",
+    *SMALL_RUN_OVERRIDES,
     "checkpoint.every_steps=2",
-    "metrics.wandb_mode=disabled",
-    "metrics.progress=false",
     f"env.id={PARITY_ENV_ID}",
     "warm_start.enabled=false",
     "train.backend=fsdp",

@@ -9,22 +9,14 @@ import torch
 
 from areal_env.checkpoint import list_checkpoints
 from areal_env.metrics import read_metrics
-from areal_env.testing import TINY_MODEL_OVERRIDES
+from areal_env.testing import SMALL_RUN_OVERRIDES, SMALL_WARM_START_OVERRIDES, TINY_MODEL_OVERRIDES
 from areal_env.trainers import grpo
 
 SMALL = [
     *TINY_MODEL_OVERRIDES,
-    "warm_start.max_steps=4",
-    "warm_start.eval_every=2",
-    "warm_start.eval_episodes=8",
-    "warm_start.num_demos=32",
-    "warm_start.batch_size=16",
-    "rollout.batch_size=2",
-    "rollout.n_samples=4",
-    "rollout.max_concurrent_rollouts=16",
+    *SMALL_WARM_START_OVERRIDES,
+    *SMALL_RUN_OVERRIDES,
     "checkpoint.every_steps=2",
-    "metrics.wandb_mode=disabled",
-    "metrics.progress=false",
 ]
 
 REQUIRED_KEYS = {

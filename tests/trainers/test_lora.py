@@ -11,6 +11,8 @@ from areal_env.config import load_config
 from areal_env.metrics import read_metrics
 from areal_env.testing import (
     PARITY_ENV_ID,
+    SMALL_RUN_OVERRIDES,
+    SMALL_WARM_START_OVERRIDES,
     TINY_MODEL_OVERRIDES,
     make_sample,
     register_test_envs,
@@ -209,17 +211,9 @@ def test_lora_grpo_run_trains_only_adapters_and_saves_a_merged_model(tmp_path, m
     argv = [
         *TINY_MODEL_OVERRIDES,
         f"env.id={PARITY_ENV_ID}",
-        "warm_start.max_steps=4",
-        "warm_start.eval_every=2",
-        "warm_start.eval_episodes=8",
-        "warm_start.num_demos=32",
-        "warm_start.batch_size=16",
-        "rollout.batch_size=2",
-        "rollout.n_samples=4",
-        "rollout.max_concurrent_rollouts=16",
+        *SMALL_WARM_START_OVERRIDES,
+        *SMALL_RUN_OVERRIDES,
         "checkpoint.every_steps=2",
-        "metrics.wandb_mode=disabled",
-        "metrics.progress=false",
         "metrics.plot=false",
         "train.steps=3",
         "train.lr=5e-3",
@@ -248,13 +242,7 @@ def test_lora_grpo_run_trains_only_adapters_and_saves_a_merged_model(tmp_path, m
     assert not (ck / "model").exists()
 
 
-WARM_ON = [
-    "warm_start.max_steps=4",
-    "warm_start.eval_every=2",
-    "warm_start.eval_episodes=8",
-    "warm_start.num_demos=32",
-    "warm_start.batch_size=16",
-]
+WARM_ON = list(SMALL_WARM_START_OVERRIDES)
 
 
 @pytest.mark.parametrize("warm", [["warm_start.enabled=false"], WARM_ON], ids=["cold", "warm"])
