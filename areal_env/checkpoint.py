@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from areal_env import devices
+
 
 class Saveable(Protocol):
     """Anything with ``save(path)`` / ``load(path)`` (train backends)."""
@@ -45,30 +47,25 @@ class TrainerState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     """RolloutScheduler.state_dict(): data position and counters."""
     rng: dict[str, Any] = field(default_factory=dict)
-    """Python, NumPy and torch RNG states."""
+    """Python, NumPy, torch CPU and accelerator RNG states."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else the trainer wants back (e.g. warm-start results)."""
 
 
 def capture_rng() -> dict[str, Any]:
     """Snapshot of every global RNG we use."""
-    state = {
+    return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
+        **devices.rng_state(),  # "torch" (CPU) and the accelerator's, under its type
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    devices.set_rng_state(state)
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:

@@ -31,11 +31,14 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from areal_env import devices
+from areal_env.devices import DEVICE_TYPES
 from areal_env.models.tiny import TinyModelConfig
 
 T = TypeVar("T")
 
-DEVICES = ("auto", "cpu", "cuda", "npu", "mps")
+DEVICES = ("auto", *DEVICE_TYPES)
+"""Choices of ``model.device``: ``"auto"``, cuda, npu, xpu, mps, cpu."""
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -50,7 +53,7 @@ class ModelConfig:
     dtype: str = "float32"
     """Parameter dtype for training and local inference."""
     device: str = "auto"
-    """'auto' picks cuda, then npu, then cpu."""
+    """'auto' picks the best accelerator present (npu, cuda, xpu, mps), else cpu."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -105,16 +108,12 @@ class CheckpointConfig:
 
 
 def resolve_device(device: str) -> str:
-    """Turn 'auto' into the best available device string."""
-    import torch
+    """Turn 'auto' into the best available device string (see ``areal_env.devices``).
 
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if hasattr(torch, "npu") and torch.npu.is_available():
-        return "npu"
-    return "cpu"
+    Raises:
+        ValueError: naming ``model.device`` for a name that is not a device type.
+    """
+    return devices.resolve_device(device)
 
 
 def parse_args(argv: list[str] | None) -> tuple[Path | None, bool, list[str]]:

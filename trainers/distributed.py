@@ -23,33 +23,25 @@ from __future__ import annotations
 import datetime
 import gc
 import logging
-import os
 import socket
 from typing import Any
 
-import torch
 import torch.distributed as dist
+
+from areal_env import devices
 
 logger = logging.getLogger(__name__)
 
 STOP = "stop"
 """The command that ends the other ranks' loop."""
 
-_PG_BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
-"""Collective library for each device type."""
-
 _state = {"owned": False, "stopped": False}
 """Whether this module made the group (and so destroys it), and whether STOP went out."""
 
 
 def device_type() -> str:
-    """``cuda``, ``npu`` or ``cpu``: the accelerator this process trains on."""
-    if torch.cuda.is_available():
-        return "cuda"
-    npu = getattr(torch, "npu", None)  # registered by torch_npu when it is installed
-    if npu is not None and npu.is_available():
-        return "npu"
-    return "cpu"
+    """The accelerator this process trains on (``areal_env.devices.available_device_type``)."""
+    return devices.available_device_type()
 
 
 def free_port() -> int:
@@ -59,38 +51,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init(*, timeout_s: float = 3600.0) -> None:
-    """Join torchrun's process group (or make a 1-process one); no-op when one exists.
+def init(*, timeout_s: float = 3600.0, device: str | None = None) -> None:
+    """Join the launcher's process group (or make a 1-process one); no-op when one exists.
 
-    Reads torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-    ``MASTER_PORT``. On CUDA each rank takes the GPU ``LOCAL_RANK`` (so the plain
-    ``"cuda"`` device of the config means that GPU).
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``, which ``torchrun`` and ``accelerate launch`` both set. On an
+    accelerator each rank takes device ``LOCAL_RANK`` (so the plain ``"cuda"``
+    device of the config means that GPU).
 
     Args:
         timeout_s: how long a collective may wait; the other ranks wait this long
             for rank 0's next command while it runs rollouts or the warm start.
+        device: the device type the ranks train on; None detects the best one
+            (``areal_env.devices``). Picks the collective library (nccl, hccl,
+            xccl, gloo).
     """
     if dist.is_initialized():
         return
-    kind = device_type()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if kind == "cuda":
-        torch.cuda.set_device(local_rank)
-    elif kind == "npu":
-        torch.npu.set_device(local_rank)  # type: ignore[attr-defined]
+    kind = devices.resolve_device(device or "auto").split(":", 1)[0]
+    backend = devices.process_group_backend(kind)
+    devices.set_local_device(kind, devices.local_rank())
     timeout = datetime.timedelta(seconds=timeout_s)
-    if "WORLD_SIZE" in os.environ:
-        dist.init_process_group(_PG_BACKENDS[kind], timeout=timeout)
+    if devices.launched():
+        dist.init_process_group(backend, timeout=timeout)
     else:
         dist.init_process_group(
-            _PG_BACKENDS[kind],
+            backend,
             init_method=f"tcp://127.0.0.1:{free_port()}",
             rank=0,
             world_size=1,
             timeout=timeout,
         )
     _state.update(owned=True, stopped=False)
-    logger.info("rank %d of %d (%s)", rank(), world_size(), _PG_BACKENDS[kind])
+    logger.info("rank %d of %d (%s)", rank(), world_size(), backend)
 
 
 def rank() -> int:

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if cfg.train.backend == "fsdp":  # under torchrun: one process per rank
-        distributed.init(timeout_s=cfg.train.fsdp.timeout_s)
+        distributed.init(timeout_s=cfg.train.fsdp.timeout_s, device=cfg.model.device)
     clean = False
     try:
         if not distributed.is_main():  # only trains, driven by rank 0; writes nothing

@@ -128,7 +128,9 @@ class FSDPBackend:
         lockstep: bool = False,
     ) -> None:
         check_supported(config)
-        distributed.init(timeout_s=config.fsdp.timeout_s)
+        distributed.init(
+            timeout_s=config.fsdp.timeout_s, device=next(model.parameters()).device.type
+        )
         self._lockstep = lockstep
         self._send("setup", {"ref_model": ref_model is not None, "pad_id": pad_id})
         self.config = config
