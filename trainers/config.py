@@ -45,6 +45,10 @@ class AlgorithmConfig:
     """IcePop: tokens whose train/inference probability ratio is below this are masked."""
     icepop_high: float | None = None
     """IcePop: tokens whose train/inference probability ratio is above this are masked."""
+    overlong_buffer_frac: float | None = None
+    """DAPO's overlong penalty ramps over this last fraction of the token budget; 0 = off."""
+    overlong_factor: float | None = None
+    """DAPO's overlong penalty at the token budget (>= 0)."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -69,6 +73,8 @@ class AlgorithmConfig:
             m2_threshold=self.m2_threshold,
             icepop_low=self.icepop_low,
             icepop_high=self.icepop_high,
+            overlong_buffer_frac=self.overlong_buffer_frac,
+            overlong_factor=self.overlong_factor,
         )
 
 

@@ -46,6 +46,7 @@ from areal_env.progress import progress_bar
 from areal_env.rollout.scheduler import RolloutScheduler
 from areal_env.trainers import distributed
 from areal_env.trainers.algorithms.advantages import compute_advantages
+from areal_env.trainers.algorithms.overlong import apply_overlong_penalty
 from areal_env.trainers.backends.base import TrainBackend
 from areal_env.trainers.backends.fsdp import check_supported, serve_main_rank
 from areal_env.trainers.backends.registry import make_backend
@@ -105,6 +106,14 @@ async def train(
             t0 = time.perf_counter()
             batch = await scheduler.next_batch()
             t_wait = time.perf_counter() - t0
+            shaped = {}
+            if preset.overlong_buffer_frac > 0:  # DAPO: before advantages, after filtering
+                shaped = apply_overlong_penalty(
+                    batch,
+                    max_len=cfg.inference.sampling.max_new_tokens,
+                    buffer_frac=preset.overlong_buffer_frac,
+                    factor=preset.overlong_factor,
+                )
             batch = compute_advantages(batch, preset.advantage)
             rows = trainable_rows(batch)
             num_rows = len(batch.row_refs())
@@ -121,6 +130,7 @@ async def train(
                 version,
                 {
                     **batch.stats,
+                    **shaped,
                     **stats,
                     "time/step_s": step_s,
                     "time/wait_rollout_s": t_wait,

@@ -108,6 +108,11 @@ class Preset:
     filter_all_equal_groups: bool = False
     """Whether the scheduler drops groups whose rewards are all equal (zero advantage,
     so no gradient), as in DAPO's dynamic sampling."""
+    overlong_buffer_frac: float = 0.0
+    """DAPO's soft overlong punishment: the ramp starts this fraction of the token budget
+    before it (``overlong.py``); 0 turns it off."""
+    overlong_factor: float = 1.0
+    """DAPO's overlong penalty at the budget (the ramp's depth)."""
     description: str = ""
     """One line on the algorithm and its paper."""
 
@@ -132,6 +137,11 @@ class Preset:
             raise ValueError(f"tau_pos and tau_neg must be > 0, got {self.tau_pos}, {self.tau_neg}")
         if self.m2_threshold <= 0.0:
             raise ValueError(f"m2_threshold must be > 0, got {self.m2_threshold}")
+        if not 0.0 <= self.overlong_buffer_frac < 1.0 or self.overlong_factor < 0.0:
+            raise ValueError(
+                "overlong_buffer_frac must be in [0, 1) and overlong_factor >= 0, got "
+                f"{self.overlong_buffer_frac}, {self.overlong_factor}"
+            )
         if not 0.0 <= self.icepop_low < self.icepop_high:
             raise ValueError(
                 f"icepop_low and icepop_high must satisfy 0 <= icepop_low < icepop_high, "
@@ -174,7 +184,11 @@ PRESETS: dict[str, Preset] = {
         aggregation="token_mean",
         clip_high=0.28,
         filter_all_equal_groups=True,
-        description="DAPO (Yu et al. 2025, arXiv:2503.14476): clip-higher, dynamic sampling.",
+        overlong_buffer_frac=0.2,  # the paper's L_cache / L_max = 4096 / 20480
+        description=(
+            "DAPO (Yu et al. 2025, arXiv:2503.14476): clip-higher, dynamic sampling, "
+            "soft overlong punishment."
+        ),
     ),
     "rloo": Preset(
         advantage="rloo",
