@@ -80,6 +80,8 @@ class MetricsConfig:
     """'offline' (default, no network), 'online' or 'disabled'."""
     wandb_project: str = "areal-env"
     """wandb project name."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files under ``output_dir/tensorboard``."""
     plot: bool = True
     """Write a PNG of reward and loss curves at the end of the run."""
     progress: bool = True

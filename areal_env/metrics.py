@@ -1,8 +1,10 @@
-"""Run metrics: metrics.jsonl always, wandb (offline by default), an end-of-run plot.
+"""Run metrics: metrics.jsonl always, wandb (offline by default), TensorBoard, a plot.
 
 Every training step logs one flat dict of floats. JSONL is the source of truth
 (one object per line, ``step`` first); wandb mirrors it when installed and not
-disabled; :meth:`MetricsLogger.close` draws reward and loss curves to PNG.
+disabled, TensorBoard event files (``output_dir/tensorboard``, ``metrics.tensorboard``)
+mirror it for ``tensorboard --logdir``; :meth:`MetricsLogger.close` draws reward and
+loss curves to PNG.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ class MetricsLogger:
         for row in kept:
             self._file.write(json.dumps(row) + "\n")
         self._wandb = self._init_wandb(run_config or {}, resume_after_step is not None)
+        self._tensorboard = self._init_tensorboard()
+
+    def _init_tensorboard(self) -> Any:
+        if not self.config.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        # A resumed run appends to a new event file; TensorBoard merges them by step.
+        return SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
 
     def _init_wandb(self, run_config: dict[str, Any], resume: bool) -> Any:
         if self.config.wandb_mode == "disabled":
@@ -76,10 +87,17 @@ class MetricsLogger:
         self._file.flush()
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if v is not None}, step=step)
+        if self._tensorboard is not None:
+            for key, value in row.items():
+                if key != "step" and value is not None:
+                    self._tensorboard.add_scalar(key, value, global_step=step)
 
     def close(self) -> Path | None:
         """Flush, finish wandb, and write the plot; returns the PNG path if drawn."""
         self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
