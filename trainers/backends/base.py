@@ -11,10 +11,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from areal_env.trainers.algorithms.losses.base import LossFn
+from areal_env.trainers.algorithms.losses.base import LossFn, LossInputs
 from areal_env.trainers.backends.fsdp_config import FSDPConfig
 from areal_env.trainers.backends.lora import LoRAConfig
-from areal_env.types import EpisodeBatch
+from areal_env.types import EpisodeBatch, PaddedBatch
 
 BACKENDS = ("torch", "fsdp")
 """Valid values of ``train.backend``."""
@@ -134,3 +134,32 @@ def masked_entropy_sum(
         logp = _scaled_log_softmax(logits, temperature)
         ent = -(logp.exp() * logp).sum(-1)
         return float((ent * mask[:, 1:].to(ent.device)).sum())
+
+
+def micro_batch_inputs(
+    padded: PaddedBatch,
+    part: slice | torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    ref_logprobs: torch.Tensor | None,
+    num_tokens: float,
+    num_sequences: float,
+    device: torch.device,
+) -> LossInputs:
+    """The loss inputs of rows ``part`` of ``padded`` scored by ``logits`` (with gradient).
+
+    Every backend builds them the same way: position ``t`` scores token ``t`` at the
+    temperature its row was sampled with; the normalisers are the whole minibatch's.
+    """
+    ids = padded.input_ids[part].to(device)
+    temps = padded.temperatures[part].to(device)
+    return LossInputs(
+        logprobs=gather_token_logprobs(logits, ids, temps),
+        behaviour_logprobs=padded.logprobs[part].to(device),
+        advantages=padded.advantages[part].to(device),
+        loss_mask=padded.loss_mask[part].to(device),
+        ref_logprobs=None if ref_logprobs is None else ref_logprobs[part].to(device),
+        versions=padded.versions[part].to(device),
+        num_tokens=num_tokens,
+        num_sequences=num_sequences,
+    )

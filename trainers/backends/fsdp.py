@@ -44,11 +44,12 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from areal_env.trainers import distributed
-from areal_env.trainers.algorithms.losses.base import LossFn, LossInputs
+from areal_env.trainers.algorithms.losses.base import LossFn
 from areal_env.trainers.backends.base import (
     TrainConfig,
     gather_token_logprobs,
     masked_entropy_sum,
+    micro_batch_inputs,
 )
 from areal_env.trainers.backends.prefix_sharing import forward_logits
 from areal_env.types import EpisodeBatch, PaddedBatch
@@ -279,15 +280,14 @@ class FSDPBackend:
             part_mask = padded.loss_mask[part]
             temps = padded.temperatures[part].to(self.device)
             logits = self.model(input_ids=ids, attention_mask=attn).logits
-            inputs = LossInputs(
-                logprobs=gather_token_logprobs(logits, ids, temps),
-                behaviour_logprobs=padded.logprobs[part].to(self.device),
-                advantages=padded.advantages[part].to(self.device),
-                loss_mask=part_mask.to(self.device),
-                ref_logprobs=None if ref is None else ref[part].to(self.device),
-                versions=padded.versions[part].to(self.device),
+            inputs = micro_batch_inputs(
+                padded,
+                part,
+                logits,
+                ref_logprobs=ref,
                 num_tokens=num_tokens,
                 num_sequences=num_sequences,
+                device=self.device,
             )
             loss, metrics = loss_fn(inputs)
             # FSDP's reduce-scatter divides by the rank count; we want the sum.

@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
-from areal_env.trainers.algorithms.losses.base import LossFn, LossInputs
+from areal_env.trainers.algorithms.losses.base import LossFn
 from areal_env.trainers.backends.base import (
     TrainConfig,
     gather_token_logprobs,
     masked_entropy_sum,
+    micro_batch_inputs,
 )
 from areal_env.trainers.backends.lora import merged_state_dict, weights_fingerprint, wrap_with_lora
 from areal_env.trainers.backends.prefix_sharing import forward_logits
@@ -186,16 +187,14 @@ class TorchBackend:
             logits = self._logits(
                 self.model, ids, padded.attention_mask[part], part_mask, padded.group_index[part]
             )
-            # Position t scores token t; the mask marks generated tokens.
-            inputs = LossInputs(
-                logprobs=gather_token_logprobs(logits, ids, temps),
-                behaviour_logprobs=padded.logprobs[part].to(self.device),
-                advantages=padded.advantages[part].to(self.device),
-                loss_mask=part_mask.to(self.device),
-                ref_logprobs=None if ref is None else ref[part].to(self.device),
-                versions=padded.versions[part].to(self.device),
+            inputs = micro_batch_inputs(
+                padded,
+                part,
+                logits,
+                ref_logprobs=ref,
                 num_tokens=num_tokens,
                 num_sequences=num_sequences,
+                device=self.device,
             )
             loss, metrics = loss_fn(inputs)
             loss.backward()
