@@ -146,27 +146,29 @@ async def test_weight_push_changes_outputs_and_version(tiny, server_urls, tmp_pa
 async def test_an_update_interrupts_and_requests_continue_on_the_new_weights(
     tiny, server_urls, tmp_path
 ):
+    N = 480  # tokens per request: prompt + N fits the 512-token context
     path, model, tokenizer = tiny
     prompt = tokenizer.encode("Q: 1+1=? A:", add_special_tokens=False)
     engine = engine_for(server_urls[0], tokenizer)
     new = perturbed(model, seed=2)
     folder = save(new, tokenizer, tmp_path / "v1")
     try:
-        tasks = [asyncio.create_task(engine.agenerate(req(prompt, 400, 1.0))) for _ in range(3)]
-        await until(lambda: engine.servers and sum(s.load for s in engine.servers) == 3)
-        await asyncio.sleep(0.05)  # some tokens on the old weights
+        # 8 x 480 tokens take about a second on vLLM-CPU: the update lands mid-way
+        tasks = [asyncio.create_task(engine.agenerate(req(prompt, N, 1.0))) for _ in range(8)]
+        await until(lambda: engine.servers and sum(s.load for s in engine.servers) == 8)
+        await asyncio.sleep(0.1)  # some tokens on the old weights
         await engine.update_weights(WeightUpdate(version=1, path=folder))
         assert not all(t.done() for t in tasks)  # the update did not wait for them
         results = await asyncio.gather(*tasks)
         await engine.update_weights(WeightUpdate(version=2, path=str(path)))
     finally:
         await engine.close()
-    spanning = [r for r in results if 0 < r.output_versions.count(0) < 400]
+    spanning = [r for r in results if 0 < r.output_versions.count(0) < N]
     assert spanning, [r.output_versions.count(0) for r in results]
     for result in results:
-        assert len(result.output_ids) == 400 and result.finish_reason == "length"
+        assert len(result.output_ids) == N and result.finish_reason == "length"
         n0 = result.output_versions.count(0)
-        assert result.output_versions == [0] * n0 + [1] * (400 - n0)
+        assert result.output_versions == [0] * n0 + [1] * (N - n0)
         lps = torch.tensor(result.output_logprobs)
         old = forward_logprobs(model, prompt, result.output_ids, 1.0)
         fresh = forward_logprobs(new, prompt, result.output_ids, 1.0)
