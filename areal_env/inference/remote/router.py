@@ -25,7 +25,9 @@ class Server:
 
     api: ServerAPI
     healthy: bool = True
-    """Answered its last health check (or has not failed one yet)."""
+    """In rotation as far as health goes: not taken out by failed checks or calls."""
+    failed_checks: int = 0
+    """Health checks failed in a row (reset by one that passes)."""
     trusted: bool = True
     """Holds the engine's current weights; an untrusted server gets no requests."""
     inflight: set[asyncio.Task[object]] = field(default_factory=set)

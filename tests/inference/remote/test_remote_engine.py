@@ -184,6 +184,8 @@ def test_bad_config_is_refused():
         RemoteEngine("tgi", ["http://x"])
     with pytest.raises(ValueError, match="health_timeout"):
         RemoteEngineConfig(health_timeout=0)
+    with pytest.raises(ValueError, match="unhealthy_after"):
+        RemoteEngineConfig(unhealthy_after=0)
 
 
 # ---- weight updates and interruption --------------------------------------------------
@@ -290,8 +292,8 @@ async def test_a_dead_server_is_failed_over_counted_and_rejoins_with_current_wei
         assert all(len(r.output_ids) == 60 for r in results)
         for r in results:
             assert_provenance(r)
+        await wait_for(lambda: not engine.servers[1].available)  # 2 failed checks
         assert engine.stats.server_downs >= 1
-        assert not engine.servers[1].available
         await fakes[1].restart()  # back with the base weights, version "default"
         await wait_for(lambda: engine.servers[1].available)
         assert fakes[1].weights == 1 and fakes[1].weight_version == "1"  # reloaded first
@@ -340,3 +342,21 @@ async def test_metrics_count_what_the_engine_worked_around():
         metrics = engine.metrics()
         assert metrics["inference/retries"] == 1 and metrics["inference/chunks"] == 2
         assert metrics["inference/servers_available"] == 2
+
+
+async def test_one_slow_health_check_does_not_take_a_busy_server_out():
+    config = RemoteEngineConfig(
+        health_interval=60, health_timeout=0.2, unhealthy_after=2, connect_timeout=2
+    )
+    async with servers(2) as fakes, engine_on(fakes, config=config) as engine:
+        busy = engine.servers[1]
+        fakes[1].hang = True
+        await engine._check(busy)
+        assert busy.available and busy.failed_checks == 1
+        fakes[1].hang = False
+        await engine._check(busy)  # one good answer resets the count
+        assert busy.failed_checks == 0
+        fakes[1].hang = True
+        await engine._check(busy)
+        await engine._check(busy)
+        assert not busy.available and engine.stats.server_downs == 1
