@@ -59,6 +59,7 @@ from gymnasium.error import InvalidAction, ResetNeeded
 
 from areal_env.envs.spaces import ChatMessage, ChatMessages
 from areal_env.resources import ResourceRegistry, default_registry
+from areal_env.rollout.activity import phase
 
 Message = dict[str, Any]
 """An OpenAI-style chat message: ``{"role": ..., "content": ..., ...}``."""
@@ -155,7 +156,8 @@ class AsyncEnv(gym.Env[list[Message], Action]):
         gym.Env.reset(self, seed=seed)
         # Closed first: if _areset raises, the previous episode must not be steppable.
         self._episode_over = True
-        obs, info = await self._areset(dict(options or {}))
+        with phase("env reset", type(self).__name__):
+            obs, info = await self._areset(dict(options or {}))
         self.num_steps = 0
         self._episode_over = False
         self._has_reset = True
@@ -183,7 +185,8 @@ class AsyncEnv(gym.Env[list[Message], Action]):
                 f"within {self.action_space}, got {_describe(action)}"
             )
         message = {"role": "assistant", "content": action} if isinstance(action, str) else action
-        obs, reward, terminated, truncated, info = await self._astep(message)
+        with phase("env step", type(self).__name__):
+            obs, reward, terminated, truncated, info = await self._astep(message)
         self.num_steps += 1
         self._episode_over = bool(terminated or truncated)
         return obs, float(reward), bool(terminated), bool(truncated), info

@@ -80,6 +80,7 @@ from areal_env.inference.openai_args import (
     token_budget,
 )
 from areal_env.inference.tool_parsing import ParsedMessage, parse_tool_calls, tool_call_to_openai
+from areal_env.rollout.activity import phase
 from areal_env.types import (
     GenerationRequest,
     GenerationResult,
@@ -410,9 +411,10 @@ class EpisodeClient:
         branch, new_ids = self._plan(call, full)
         branch.busy = True
         try:
-            result = await self.shared.generate(
-                [*branch.sample.input_ids, *new_ids], call.sampling, session_id=self.session_id
-            )
+            with phase("inference"):
+                result = await self.shared.generate(
+                    [*branch.sample.input_ids, *new_ids], call.sampling, session_id=self.session_id
+                )
         finally:
             branch.busy = False
         branch.sample.append_prompt(new_ids)

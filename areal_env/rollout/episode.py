@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from areal_env.errors import EpisodeError
+from areal_env.rollout.activity import WATCHDOG_CANCEL
 from areal_env.types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ EpisodeFn = Callable[[int, int], Awaitable[Trajectory]]
 
 TIMEOUT = "timeout"
 """Error kind recorded when an attempt runs past ``timeout_s``."""
+
+STUCK = "stuck"
+"""Error kind recorded when the rollout watchdog cancelled a stuck attempt."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -125,7 +129,7 @@ async def run_with_retries(
             last = exc
             # An EpisodeError or a timeout is an expected fault; anything else is likely a
             # bug in env or agent code, so keep its traceback in the log.
-            expected = isinstance(exc, (EpisodeError, _AttemptTimeout))
+            expected = isinstance(exc, (EpisodeError, _AttemptTimeout, _AttemptStuck))
             logger.warning(
                 "episode attempt %d/%d failed: %r", n, max_retries + 1, exc, exc_info=not expected
             )
@@ -138,15 +142,31 @@ class _AttemptTimeout(TimeoutError):
     """Our per-attempt timeout, told apart from a TimeoutError raised inside the episode."""
 
 
+class _AttemptStuck(EpisodeError):
+    """The attempt's task was cancelled from outside (the watchdog), not the episode itself."""
+
+
 def _error_kind(exc: Exception) -> str:
-    return TIMEOUT if isinstance(exc, _AttemptTimeout) else type(exc).__name__
+    if isinstance(exc, _AttemptTimeout):
+        return TIMEOUT
+    return STUCK if isinstance(exc, _AttemptStuck) else type(exc).__name__
 
 
 async def _attempt_with_timeout(
     attempt: Callable[[], Awaitable[Trajectory]], timeout_s: float | None
 ) -> Trajectory:
+    # The rollout watchdog cancels a stuck attempt's task with WATCHDOG_CANCEL: that attempt
+    # fails as "stuck" (and may be retried); any other cancellation stops the episode.
     if timeout_s is None:
-        return await attempt()
+        try:
+            return await attempt()
+        except asyncio.CancelledError as e:
+            if not _by_watchdog(e):
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # this task goes on: the cancel was for the attempt only
+            raise _AttemptStuck("the rollout watchdog cancelled this attempt: stuck") from None
     task = asyncio.ensure_future(attempt())
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
@@ -157,7 +177,16 @@ async def _attempt_with_timeout(
             await asyncio.gather(task, return_exceptions=True)
     if not done:
         raise _AttemptTimeout(f"episode attempt ran past {timeout_s}s")
-    return task.result()
+    try:
+        return task.result()
+    except asyncio.CancelledError as e:  # we were not cancelled, or wait() would have raised
+        if _by_watchdog(e):
+            raise _AttemptStuck("the rollout watchdog cancelled this attempt: stuck") from None
+        raise
+
+
+def _by_watchdog(exc: asyncio.CancelledError) -> bool:
+    return bool(exc.args) and exc.args[0] == WATCHDOG_CANCEL
 
 
 async def close_env(env: Any) -> None:

@@ -67,11 +67,13 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from areal_env.rollout.activity import CURRENT, EpisodeActivity
 from areal_env.rollout.episode import EpisodeFn, EpisodeOutcome, FailureStats, run_with_retries
 from areal_env.rollout.grouping import (
     GroupFilter,
@@ -80,13 +82,31 @@ from areal_env.rollout.grouping import (
     first_matching_filter,
     task_seed_for,
 )
-from areal_env.rollout.staleness import AdmissionCounters
+from areal_env.rollout.staleness import AdmissionCounters, trajectory_staleness
+from areal_env.rollout.watchdog import stall_report
 from areal_env.types import EpisodeBatch, Trajectory
 
 logger = logging.getLogger(__name__)
 
-_TOTALS = ("accepted_groups", "dropped_groups", "filtered_groups", "failed_episodes")
+_TOTALS = (
+    "accepted_groups",
+    "dropped_groups",
+    "filtered_groups",
+    "stale_groups",
+    "group_retries",
+    "failed_episodes",
+)
 """Run-long counters kept in ``state_dict()``."""
+
+GROUP_FAILURE_POLICIES = ("drop", "retry")
+"""Valid values of ``rollout.group_failure``."""
+
+WATCHDOG_ACTIONS = ("warn", "drop_stuck", "stop")
+"""Valid values of ``rollout.watchdog_action``."""
+
+
+class RolloutStalled(RuntimeError):
+    """No batch came for ``rollout.watchdog_s`` and the watchdog action is "stop"."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -105,16 +125,35 @@ class RolloutConfig:
     """Fresh attempts for a failed episode before its group is dropped."""
     episode_timeout_s: float | None = None
     """Time limit per episode attempt in seconds (a timeout is a failure); None: no limit."""
+    group_failure: str = "drop"
+    """When a member still fails after its retries: "drop" the group (a fresh task takes its
+    slots) or "retry" the whole group on the same task, up to ``max_group_retries`` times."""
+    max_group_retries: int = 1
+    """Fresh runs of a whole group when ``group_failure`` is "retry"; then it is dropped."""
+    max_failed_groups_in_a_row: int | None = 64
+    """Stop the run with the last error once this many groups in a row failed (a broken env,
+    tool or server fails every episode; refilling would spin forever); None: never stop."""
     filter_all_equal: bool = False
     """Drop groups whose rewards are all equal (zero advantage); they do not count as accepted."""
+    watchdog_s: float | None = 600.0
+    """Seconds without a batch before the watchdog reports what every running episode waits
+    on (inference, env step, tool, reward, user) and applies ``watchdog_action``; None: off."""
+    watchdog_action: str = "warn"
+    """After a report: "warn" (keep waiting, report again), "drop_stuck" (episodes in one
+    phase for ``watchdog_s`` or more fail as "stuck"), or "stop" (the run ends, named)."""
     seed: int = 0
     """Task seeds are derived from it and the group index."""
 
     def __post_init__(self) -> None:
+        if self.max_failed_groups_in_a_row is not None and self.max_failed_groups_in_a_row < 1:
+            raise ValueError(
+                "rollout.max_failed_groups_in_a_row must be >= 1 or None, "
+                f"got {self.max_failed_groups_in_a_row}"
+            )
         for key in ("batch_size", "n_samples", "max_concurrent_rollouts"):
             if getattr(self, key) < 1:
                 raise ValueError(f"rollout.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("max_head_offpolicyness", "max_retries"):
+        for key in ("max_head_offpolicyness", "max_retries", "max_group_retries"):
             if getattr(self, key) < 0:
                 raise ValueError(f"rollout.{key} must be >= 0, got {getattr(self, key)}")
         if self.max_concurrent_rollouts < self.n_samples:
@@ -122,9 +161,19 @@ class RolloutConfig:
                 "rollout.max_concurrent_rollouts must be >= rollout.n_samples (groups are "
                 f"admitted whole), got {self.max_concurrent_rollouts} < {self.n_samples}"
             )
-        if self.episode_timeout_s is not None and self.episode_timeout_s <= 0:
+        for key in ("episode_timeout_s", "watchdog_s"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"rollout.{key} must be > 0 or None, got {value}")
+        if self.group_failure not in GROUP_FAILURE_POLICIES:
             raise ValueError(
-                f"rollout.episode_timeout_s must be > 0 or None, got {self.episode_timeout_s}"
+                f"rollout.group_failure must be one of {GROUP_FAILURE_POLICIES}, "
+                f"got {self.group_failure!r}"
+            )
+        if self.watchdog_action not in WATCHDOG_ACTIONS:
+            raise ValueError(
+                f"rollout.watchdog_action must be one of {WATCHDOG_ACTIONS}, "
+                f"got {self.watchdog_action!r}"
             )
         if self.filter_all_equal and self.n_samples < 2:
             raise ValueError(
@@ -165,6 +214,9 @@ class RolloutScheduler:
         self._error: BaseException | None = None
         self._error_raised = False
         self._warned_stall = False
+        self._activities: set[EpisodeActivity] = set()  # running attempts, for the watchdog
+        self._last_batch_at = time.monotonic()
+        self._failed_in_a_row = 0  # groups dropped for failures since the last accepted one
 
     # ----------------------------------------------------------------- public API
 
@@ -187,6 +239,7 @@ class RolloutScheduler:
         if version < self._version:
             raise ValueError(f"version must not go down: {self._version} -> {version}")
         self._version = version
+        self._evict_stale()
         self._notify()
 
     @contextlib.asynccontextmanager
@@ -201,6 +254,7 @@ class RolloutScheduler:
         self._changed = asyncio.Event()
         self._closed = False
         self._error, self._error_raised = None, False
+        self._last_batch_at = time.monotonic()
         self._producer = asyncio.create_task(self._produce(), name="rollout_producer")
         self._producer.add_done_callback(self._on_producer_done)
         try:
@@ -213,20 +267,28 @@ class RolloutScheduler:
     async def next_batch(self) -> EpisodeBatch:
         """Wait for ``batch_size`` finished groups and return the oldest ones.
 
+        Groups that waited in the buffer past the staleness bound (their oldest token
+        more than ``max_head_offpolicyness`` versions behind) are dropped, counted
+        and replaced by fresh tasks: the bound holds for trained samples, not only
+        at admission. While waiting, the watchdog reports every ``watchdog_s``.
+
         Raises:
             RuntimeError: outside ``running()``, or when the scheduler stops while waiting.
+            RolloutStalled: no batch for ``watchdog_s`` with ``watchdog_action`` "stop".
             Exception: whatever crashed the producer or a group task, re-raised.
         """
         if self._closed:
             raise RuntimeError("next_batch() needs `async with scheduler.running():`")
         self._warn_if_stalled()
-        await self._wait_until(self._batch_ready)
+        self._evict_stale()
+        await self._wait_with_watchdog()
         if self._error is not None:
             self._error_raised = True
             raise self._error
         if self._closed:
             raise RuntimeError("the scheduler stopped while next_batch() was waiting")
         groups = [heapq.heappop(self._buffer)[1] for _ in range(self.config.batch_size)]
+        self._last_batch_at = time.monotonic()
         return build_batch(groups, version=self._version, extra_stats=self._take_recent_stats())
 
     def state_dict(self) -> dict[str, Any]:
@@ -280,8 +342,15 @@ class RolloutScheduler:
         return self._next_group - 1
 
     async def _run_group(self, g: int) -> None:
+        retries = self.config.max_group_retries if self.config.group_failure == "retry" else 0
         try:
-            trajectories = await self._run_members(g)
+            for run in range(retries + 1):
+                trajectories, cause = await self._run_members(g)
+                if trajectories is not None:
+                    break
+                if run < retries:
+                    self._count("group_retries")
+                    logger.info("group %d: a member failed (%s); running the group again", g, cause)
         except asyncio.CancelledError:
             # Shutdown: give the slots back and regenerate this group on the next start.
             self._counters.on_reject(self.config.n_samples)
@@ -289,47 +358,72 @@ class RolloutScheduler:
             raise
         finally:
             del self._inflight[g]
-        self._finish_group(g, trajectories)
+        self._finish_group(g, trajectories, cause)
         self._notify()
 
-    async def _run_members(self, g: int) -> list[Trajectory] | None:
-        """The group's episodes, in sample order; None when one failed after its retries."""
+    async def _run_members(self, g: int) -> tuple[list[Trajectory] | None, str]:
+        """The group's episodes in sample order, or None and the failing member's error kind."""
         seed = task_seed_for(self.config.seed, g)
         members = [
-            asyncio.create_task(self._run_member(seed, i), name=f"rollout_group_{g}_sample_{i}")
+            asyncio.create_task(self._run_member(g, seed, i), name=f"rollout_group_{g}_sample_{i}")
             for i in range(self.config.n_samples)
         ]
         try:
             for next_done in asyncio.as_completed(members):
-                if not (await next_done).ok:
-                    return None  # the group is dropped whole; its siblings are cancelled below
-            return [t for m in members if (t := m.result().trajectory) is not None]
+                outcome = await next_done
+                if not outcome.ok:  # the group fails whole; its siblings are cancelled below
+                    return None, outcome.errors[-1] if outcome.errors else "unknown"
+            return [t for m in members if (t := m.result().trajectory) is not None], ""
         finally:
             for member in members:
                 member.cancel()
             await asyncio.gather(*members, return_exceptions=True)
 
-    async def _run_member(self, task_seed: int, sample_index: int) -> EpisodeOutcome:
+    async def _run_member(self, g: int, task_seed: int, sample_index: int) -> EpisodeOutcome:
+        async def attempt() -> Trajectory:
+            # The watchdog reads (and may cancel) this attempt through its activity record.
+            activity = EpisodeActivity(
+                label=f"group {g} (task seed {task_seed}) sample {sample_index}",
+                attempt=asyncio.current_task(),
+            )
+            CURRENT.set(activity)  # this task's context (and its children's) only
+            self._activities.add(activity)
+            try:
+                return await self._episode_fn(task_seed, sample_index)
+            finally:
+                self._activities.discard(activity)
+
         outcome = await run_with_retries(
-            lambda: self._episode_fn(task_seed, sample_index),
-            max_retries=self.config.max_retries,
-            timeout_s=self.config.episode_timeout_s,
+            attempt, max_retries=self.config.max_retries, timeout_s=self.config.episode_timeout_s
         )
         self._failures.record(outcome)
         if not outcome.ok:
             self._totals["failed_episodes"] += 1
         return outcome
 
-    def _finish_group(self, g: int, trajectories: list[Trajectory] | None) -> None:
+    def _finish_group(self, g: int, trajectories: list[Trajectory] | None, cause: str) -> None:
         n = self.config.n_samples
         if trajectories is None:
             self._count("dropped_groups")
+            self._recent[f"dropped_groups/{cause}"] += 1
             self._counters.on_reject(n)
+            self._failed_in_a_row += 1
+            limit = self.config.max_failed_groups_in_a_row
+            if limit is not None and self._failed_in_a_row >= limit:
+                self._record_crash(
+                    RuntimeError(
+                        f"{self._failed_in_a_row} groups in a row failed (last error: {cause}; "
+                        "see the log for its traceback): the env, agent, tool or inference "
+                        "server fails every episode. Fix it, or raise "
+                        "rollout.max_failed_groups_in_a_row"
+                    )
+                )
         elif first_matching_filter(trajectories, self._filters) is not None:
             self._count("filtered_groups")
             self._counters.on_reject(n)
         else:
             self._totals["accepted_groups"] += 1
+            self._failed_in_a_row = 0
             self._counters.on_accept(n)
             heapq.heappush(self._buffer, (g, trajectories))
 
@@ -343,6 +437,75 @@ class RolloutScheduler:
         while not ready():
             self._changed.clear()
             await self._changed.wait()
+
+    async def _wait_with_watchdog(self) -> None:
+        """Wait for a batch; every ``watchdog_s`` without one, report and act."""
+        limit = self.config.watchdog_s
+        while not self._batch_ready():
+            if limit is None:
+                await self._wait_until(self._batch_ready)
+                return
+            deadline = self._last_batch_at + limit
+            try:
+                await asyncio.wait_for(
+                    self._wait_until(self._batch_ready),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+            except TimeoutError:
+                self._on_watchdog(limit)
+                self._last_batch_at = time.monotonic()  # the next report comes after another limit
+
+    def _on_watchdog(self, limit: float) -> None:
+        now = time.monotonic()
+        report = stall_report(
+            self._activities,
+            now=now,
+            waited_s=now - self._last_batch_at,
+            buffered=len(self._buffer),
+            batch_size=self.config.batch_size,
+            staleness_note=self._staleness_note(),
+        )
+        action = self.config.watchdog_action
+        logger.warning("rollout watchdog: %s\naction: %s", report, action)
+        self._count("watchdog_reports")
+        if action == "stop":
+            self._record_crash(
+                RolloutStalled(
+                    f"{report}\n(rollout.watchdog_action=stop; raise "
+                    "rollout.watchdog_s or fix the stuck part)"
+                )
+            )
+        elif action == "drop_stuck":
+            stuck = [a for a in self._activities if now - a.since >= limit]
+            dropped = sum(a.cancel_stuck() for a in stuck)
+            self._recent["watchdog_dropped"] += dropped
+            logger.warning("rollout watchdog: %d stuck episode attempt(s) cancelled", dropped)
+
+    def _staleness_note(self) -> str:
+        """Why no group is admitted, when that is the reason nothing runs."""
+        if self._counters.running or self._group_fits():
+            return ""
+        return (
+            f"the staleness bound admits no group at version {self._version} "
+            f"(accepted {self._counters.accepted} + running {self._counters.running} episodes "
+            f"fill the limit {self._counters.capacity(self._version) + self._counters.accepted}); "
+            "it opens when the trainer calls set_version()"
+        )
+
+    def _evict_stale(self) -> None:
+        """Drop buffered groups whose samples are now past the staleness bound."""
+        eta, n = self.config.max_head_offpolicyness, self.config.n_samples
+        keep = []
+        for g, group in self._buffer:
+            if max(trajectory_staleness(t, self._version) for t in group) > eta:
+                self._count("stale_groups")
+                self._counters.on_evict(n)
+            else:
+                keep.append((g, group))
+        if len(keep) != len(self._buffer):
+            heapq.heapify(keep)
+            self._buffer = keep
+            self._notify()  # freed slots: the producer refills them with fresh tasks
 
     def _batch_ready(self) -> bool:
         enough = len(self._buffer) >= self.config.batch_size
@@ -386,9 +549,14 @@ class RolloutScheduler:
         self._regenerate = deque(sorted(self._regenerate))
 
     def _take_recent_stats(self) -> dict[str, float]:
+        counted = ("dropped_groups", "filtered_groups", "stale_groups", "group_retries")
         stats = {
-            "rollout/dropped_groups": float(self._recent["dropped_groups"]),
-            "rollout/filtered_groups": float(self._recent["filtered_groups"]),
+            **{f"rollout/{key}": float(self._recent[key]) for key in counted},
+            **{
+                f"rollout/{k}": float(v)
+                for k, v in sorted(self._recent.items())
+                if k not in counted
+            },
             **self._failures.as_metrics(),
             "rollout/running": float(self._counters.running),
             "rollout/buffered_groups": float(len(self._buffer)),

@@ -89,7 +89,8 @@ class AdmissionCounters:
 
     ``on_start`` when a group is admitted, then exactly one of ``on_accept``
     (it entered the batch buffer) or ``on_reject`` (dropped, filtered or
-    cancelled: its slots are freed and refilled).
+    cancelled: its slots are freed and refilled); an accepted group that grew
+    too stale in the buffer is taken back with ``on_evict``.
     """
 
     batch_size: int
@@ -127,6 +128,14 @@ class AdmissionCounters:
     def on_reject(self, n: int) -> None:
         """Free ``n`` running episodes that will not be trained on."""
         self._release(n)
+
+    def on_evict(self, n: int) -> None:
+        """Take back ``n`` accepted episodes that became too stale to train on.
+
+        Their slots are freed, so fresh episodes take their place.
+        """
+        assert 0 <= n <= self.accepted, f"evicting {n} episodes, only {self.accepted} accepted"
+        self.accepted -= n
 
     def _release(self, n: int) -> None:
         assert 0 <= n <= self.running, f"releasing {n} episodes, only {self.running} running"

@@ -33,6 +33,7 @@ from areal_env.envs.math.data import SYNTHETIC, build_task_source
 from areal_env.envs.math.reward import instant_score, score_response
 from areal_env.envs.spaces import ChatMessages
 from areal_env.resources import ResourceRegistry
+from areal_env.rollout.activity import phase
 
 
 class MathEnv(AsyncEnv):
@@ -103,7 +104,8 @@ class MathEnv(AsyncEnv):
         if reward is None:
             # Off the event loop: a verifier call can take milliseconds, a bad one seconds.
             # A RewardError (timeout, crashed verifier) propagates: it is no verdict.
-            reward = await asyncio.to_thread(score_response, message["content"], gold)
+            with phase("reward"):
+                reward = await asyncio.to_thread(score_response, message["content"], gold)
         return [], reward, True, False, {"correct": reward == 1.0, "answer": gold}
 
     def _task_index(self, options: dict[str, Any]) -> int:

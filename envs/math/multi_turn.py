@@ -52,6 +52,7 @@ from areal_env.envs.math.data import SYNTHETIC
 from areal_env.envs.math.env import MathEnv
 from areal_env.envs.math.reward import instant_score, score_response
 from areal_env.resources import ResourceRegistry
+from areal_env.rollout.activity import phase
 
 DEFAULT_FEEDBACK = "That is not correct. Try again."
 """The user message after a wrong answer."""
@@ -124,7 +125,8 @@ class MultiTurnMathEnv(MathEnv):
         score = instant_score(text, gold)
         if score is None:
             # Off the event loop, as in Math-v0; a RewardError propagates (no verdict).
-            score = await asyncio.to_thread(score_response, text, gold)
+            with phase("reward"):
+                score = await asyncio.to_thread(score_response, text, gold)
         info = {"correct": score == 1.0, "answer": gold, "turn": turn}
         if info["correct"]:
             return [], self.discount**turn, True, False, info

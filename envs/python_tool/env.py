@@ -66,6 +66,7 @@ from areal_env.envs.python_tool.tools import (
 )
 from areal_env.envs.spaces import ChatMessages
 from areal_env.resources import ResourceRegistry
+from areal_env.rollout.activity import phase
 
 PYTHON_SYSTEM_PROMPT = (
     "Solve the problem. You can run Python code with the python tool (standard library "
@@ -224,7 +225,8 @@ class ToolMathEnv(AsyncEnv):
         reward = instant_score(text, gold)
         if reward is None:
             # Off the loop: a verifier call can take milliseconds. A RewardError propagates.
-            reward = await asyncio.to_thread(score_response, text, gold)
+            with phase("reward"):
+                reward = await asyncio.to_thread(score_response, text, gold)
         return [], reward, True, False, {**self._info(), "correct": reward == 1.0, "answer": gold}
 
     async def _run_calls(self, calls: list[dict[str, Any]]) -> list[ToolReply]:
@@ -243,7 +245,8 @@ class ToolMathEnv(AsyncEnv):
             value, error = read_argument(call, self.tool["function"]["name"], self.argument)
             if error is not None:
                 return _refused(error)
-            return await self._call_tool(value)
+            with phase("tool", self.tool["function"]["name"]):
+                return await self._call_tool(value)
 
         try:
             async with asyncio.TaskGroup() as group:

@@ -39,6 +39,7 @@ from areal_env.envs.search.retrieval import BM25Retriever, Retriever
 from areal_env.envs.search.reward import REWARD_KINDS, exact_match, extract_answer, f1
 from areal_env.envs.search.tools import SEARCH_TOOL, run_search_calls
 from areal_env.resources import ResourceRegistry
+from areal_env.rollout.activity import phase
 
 DEFAULT_SYSTEM_PROMPT = (
     "Answer the question. Call the search tool to look facts up, as often as you need; "
@@ -187,13 +188,14 @@ class SearchEnv(AsyncEnv):
         assert self._task is not None, "AsyncEnv.astep guarantees a reset came first"
         calls = message.get("tool_calls") or []
         if calls:
-            out = await run_search_calls(
-                calls,
-                self.retriever,
-                default_top_k=self.top_k,
-                max_top_k=self.max_top_k,
-                max_chars=self.max_passage_chars,
-            )
+            with phase("tool", "search"):
+                out = await run_search_calls(
+                    calls,
+                    self.retriever,
+                    default_top_k=self.top_k,
+                    max_top_k=self.max_top_k,
+                    max_chars=self.max_passage_chars,
+                )
             self._searches += out.searches
             self._errors += out.errors
             self._gold_retrieved |= bool(out.retrieved_ids & set(self._task.supporting_ids))

@@ -51,6 +51,7 @@ from areal_env.envs.tau2.reward import SCORED_ENDINGS, evaluate
 from areal_env.envs.tau2.user import STOP, UserSimulator, is_stop, make_user
 from areal_env.envs.tau2.user_cache import CallCache
 from areal_env.resources import ResourceRegistry
+from areal_env.rollout.activity import phase
 
 TRANSFER_TOOL = "transfer_to_human_agents"
 MAX_USER_TOOL_ROUNDS = 10
@@ -230,7 +231,8 @@ class Tau2Env(AsyncEnv):
         """Ask the user until it says something to the agent, running its own tool calls."""
         assert self._state is not None
         for _ in range(MAX_USER_TOOL_ROUNDS):
-            reply = _clean(await self.user.reply(list(self._messages)))
+            with phase("user", type(self.user).__name__):
+                reply = _clean(await self.user.reply(list(self._messages)))
             self._messages.append(reply)
             if not reply.get("tool_calls"):
                 return reply
@@ -257,7 +259,8 @@ class Tau2Env(AsyncEnv):
             and criteria.nl_assertions
             and RewardType.NL_ASSERTION in criteria.reward_basis
         ):
-            nl_checks = await self.judge.judge(task.id, self._messages, criteria.nl_assertions)
+            with phase("reward", "judge"):
+                nl_checks = await self.judge.judge(task.id, self._messages, criteria.nl_assertions)
         info = evaluate(task, self.data, self._messages, ending, nl_checks)
         return info.reward, True, False, self._info(ending=ending, reward_info=info.to_dict())
 

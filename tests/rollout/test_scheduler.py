@@ -313,15 +313,19 @@ async def test_resume_regenerates_unconsumed_groups_with_the_same_seeds() -> Non
             "accepted_groups": 4,
             "dropped_groups": 0,
             "filtered_groups": 0,
+            "stale_groups": 0,
+            "group_retries": 0,
             "failed_episodes": 0,
         },
     }
 
     second_run = GatedEpisodes()
+    second_run.policy_version = 1  # the engine serves the resumed weights
     resumed = RolloutScheduler(cfg, second_run, version=1)
     resumed.load_state_dict(state)
     async with resumed.running():
         batches = [groups_in(await resumed.next_batch())]
+        second_run.policy_version = 2
         resumed.set_version(2)
         batches.append(groups_in(await resumed.next_batch()))
     assert batches == [[2, 3], [4, 5]]
