@@ -14,9 +14,10 @@ import torch
 from areal_env.trainers.algorithms.losses.base import LossFn, LossInputs
 from areal_env.trainers.backends.fsdp_config import FSDPConfig
 from areal_env.trainers.backends.lora import LoRAConfig
+from areal_env.trainers.backends.megatron_config import MegatronConfig
 from areal_env.types import EpisodeBatch, PaddedBatch
 
-BACKENDS = ("torch", "fsdp")
+BACKENDS = ("torch", "fsdp", "megatron")
 """Valid values of ``train.backend``."""
 
 
@@ -49,6 +50,8 @@ class TrainConfig:
     """LoRA adapters instead of full fine-tuning (rank 0, the default, is off)."""
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     """FSDP2 options, read when ``backend`` is fsdp."""
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
+    """Megatron-core tensor/pipeline-parallel options, read when ``backend`` is megatron."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

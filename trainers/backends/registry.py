@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -15,9 +16,18 @@ from areal_env.trainers.backends.base import BACKENDS, TrainBackend, TrainConfig
 from areal_env.trainers.backends.fsdp import FSDPBackend
 from areal_env.trainers.backends.torch_single import TorchBackend
 
+
+def _megatron_backend(*args: Any, **kwargs: Any) -> TrainBackend:
+    """Import megatron-core only when asked for: it is an optional extra."""
+    from areal_env.trainers.backends.megatron import MegatronBackend
+
+    return MegatronBackend(*args, **kwargs)
+
+
 BACKEND_CLASSES: dict[str, Callable[..., TrainBackend]] = {
     "torch": TorchBackend,
     "fsdp": FSDPBackend,
+    "megatron": _megatron_backend,
 }
 """``train.backend`` name -> backend class ``(model, config, *, pad_id, ref_model)``."""
 
