@@ -1,8 +1,8 @@
 """GRPO-family trainer: ``python trainers/grpo.py [--config F.yaml] [--resume] [k=v ...]``.
 
-With ``train.backend=fsdp`` it also runs as ``torchrun --nproc-per-node N
-trainers/grpo.py ...``: rank 0 runs everything below, the other ranks only hold
-model shards and follow rank 0's backend calls (docs/distributed.md).
+With ``train.backend=fsdp`` (or ``megatron``) it also runs as ``torchrun
+--nproc-per-node N trainers/grpo.py ...``: rank 0 runs everything below, the other
+ranks only hold model shards and follow rank 0's backend calls (docs/distributed.md).
 
 The algorithm (GRPO, Shao et al. 2024, with AReaL's asynchronous rollouts):
 
@@ -38,7 +38,13 @@ from pathlib import Path
 
 import torch
 
-from areal_env.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from areal_env.checkpoint import (
+    Saveable,
+    TrainerState,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from areal_env.config import load_config, to_yaml
 from areal_env.inference.registry import start_engine
 from areal_env.metrics import MetricsLogger
@@ -47,8 +53,9 @@ from areal_env.rollout.scheduler import RolloutScheduler
 from areal_env.trainers import distributed
 from areal_env.trainers.algorithms.advantages import compute_advantages
 from areal_env.trainers.algorithms.overlong import apply_overlong_penalty
+from areal_env.trainers.algorithms.presets import critic_preset_hint
 from areal_env.trainers.backends.base import TrainBackend
-from areal_env.trainers.backends.fsdp import check_supported, serve_main_rank
+from areal_env.trainers.backends.ranks import check_train_config, init_ranks, serve_main_rank
 from areal_env.trainers.backends.registry import make_backend
 from areal_env.trainers.build import Components, build_components, seed_everything
 from areal_env.trainers.config import GRPOConfig
@@ -61,6 +68,29 @@ from areal_env.trainers.weight_sync import push_weights
 from areal_env.types import EpisodeBatch
 
 logger = logging.getLogger("areal_env.grpo")
+
+
+class StepHooks:
+    """Where a trainer built on this loop adds a model (trainers/ppo.py's critic).
+
+    The defaults are GRPO's own behaviour, so ``StepHooks()`` changes nothing; a
+    subclass overrides what it adds instead of copying the step loop.
+    """
+
+    def setup(self, cfg: GRPOConfig, parts: Components, backend: TrainBackend) -> None:
+        """Called once the policy is warm-started and its backend built, before resume."""
+
+    def advantages(self, batch: EpisodeBatch, estimator: str) -> EpisodeBatch:
+        """Fill the batch's advantages (default: the preset's reward-only estimator)."""
+        return compute_advantages(batch, estimator)
+
+    def after_policy_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        """An extra update after the policy's (in a worker thread); its metrics."""
+        return {}
+
+    def checkpointed(self, backend: TrainBackend) -> Saveable:
+        """What checkpoints save and resume loads: the backend, plus what a hook adds."""
+        return backend
 
 
 def make_scheduler(cfg: GRPOConfig, parts: Components, version: int) -> RolloutScheduler:
@@ -93,8 +123,10 @@ async def train(
     scheduler: RolloutScheduler,
     metrics: MetricsLogger,
     start_step: int,
+    hooks: StepHooks | None = None,
 ) -> None:
     """The step loop: batch -> advantages -> train -> push weights -> log -> checkpoint."""
+    hooks = hooks or StepHooks()
     preset = cfg.algorithm.resolved()
     loss_fn = preset.loss_fn(max_len=cfg.inference.sampling.max_new_tokens)
     weights_dir = Path(cfg.output_dir) / "weights"
@@ -114,12 +146,13 @@ async def train(
                     buffer_frac=preset.overlong_buffer_frac,
                     factor=preset.overlong_factor,
                 )
-            batch = compute_advantages(batch, preset.advantage)
+            batch = hooks.advantages(batch, preset.advantage)
             rows = trainable_rows(batch)
             num_rows = len(batch.row_refs())
             stats = {}
             if rows:  # a batch of only all-equal groups carries no gradient
                 stats = await asyncio.to_thread(backend.train_step, batch, loss_fn, rows)
+            stats |= await asyncio.to_thread(hooks.after_policy_step, batch)
             version = step + 1
             await push_weights(
                 backend, parts.engine, scheduler, version=version, weights_dir=weights_dir
@@ -148,24 +181,25 @@ async def train(
                 state = TrainerState(
                     step=version, version=version, scheduler=scheduler.state_dict()
                 )
-                save_checkpoint(cfg.output_dir, state, backend, keep_last=cfg.checkpoint.keep_last)
+                saved = hooks.checkpointed(backend)
+                save_checkpoint(cfg.output_dir, state, saved, keep_last=cfg.checkpoint.keep_last)
     bar.close()
 
 
-async def run(cfg: GRPOConfig) -> Path:
+async def run(cfg: GRPOConfig, hooks: StepHooks | None = None) -> Path:
     """Build everything, warm-start or resume, train, save the final model."""
     seed_everything(cfg.seed)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     parts = build_components(cfg)
     try:
-        return await _run(cfg, parts)
+        return await _run(cfg, parts, hooks or StepHooks())
     finally:  # the engine's worker and what envs shared are released on every path
         await parts.engine.close()
         await parts.resources.aclose()
 
 
-async def _run(cfg: GRPOConfig, parts: Components) -> Path:
+async def _run(cfg: GRPOConfig, parts: Components, hooks: StepHooks) -> Path:
     out = Path(cfg.output_dir)
     await start_engine(parts.engine)  # a wrong or dead server stops the run here, named
     checkpoints = list_checkpoints(out) if cfg.recover else []
@@ -195,10 +229,11 @@ async def _run(cfg: GRPOConfig, parts: Components) -> Path:
     backend = make_backend(
         parts.policy, cfg.train, pad_id=parts.tokenizer.pad_token_id, ref_model=ref_model
     )
+    hooks.setup(cfg, parts, backend)
     start_step = 0
     scheduler = make_scheduler(cfg, parts, version=0)
     if checkpoints:
-        state = load_checkpoint(checkpoints[-1], backend)
+        state = load_checkpoint(checkpoints[-1], hooks.checkpointed(backend))
         scheduler = make_scheduler(cfg, parts, version=state.version)
         scheduler.load_state_dict(state.scheduler)
         start_step = state.step
@@ -213,7 +248,7 @@ async def _run(cfg: GRPOConfig, parts: Components) -> Path:
         resume_after_step=start_step if checkpoints else None,
     )
     try:
-        await train(cfg, parts, backend, scheduler, metrics, start_step)
+        await train(cfg, parts, backend, scheduler, metrics, start_step, hooks)
     finally:
         metrics.close()
     final = out / "final_model"
@@ -227,13 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(GRPOConfig, argv)
-        if cfg.train.backend == "fsdp":
-            check_supported(cfg.train)
+        check_train_config(cfg.train)
     except ValueError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        print(f"config error: {e}{critic_preset_hint(str(e))}", file=sys.stderr)
         return 2
-    if cfg.train.backend == "fsdp":  # under torchrun: one process per rank
-        distributed.init(timeout_s=cfg.train.fsdp.timeout_s, device=cfg.model.device)
+    init_ranks(cfg)  # fsdp / megatron under torchrun: one process per rank
     clean = False
     try:
         if not distributed.is_main():  # only trains, driven by rank 0; writes nothing

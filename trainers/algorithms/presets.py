@@ -3,7 +3,9 @@
 A preset names its loss (a key of ``LOSSES``) and the loss's choices (ratio level,
 aggregation, clip range, KL), its advantage estimator and its group filtering.
 Adding an algorithm means adding a row here plus, at most, one estimator in
-``advantages.py`` or one loss function: ``grpo.py`` does not change.
+``advantages.py`` or one loss function: ``grpo.py`` does not change. Presets whose
+advantage needs a learned critic (``CRITIC_PRESETS``: ``ppo``, GAE) are rows too, but
+only ``trainers/ppo.py`` runs them; ``trainers/grpo.py`` refuses them with a pointer there.
 
 Only GRPO keeps a KL penalty to the reference model, as in its paper (k3; β 0.1
 rather than the paper's 0.04, because the embedded run from a tiny SFT'd model
@@ -35,6 +37,10 @@ from areal_env.trainers.algorithms.losses.m2po import m2po_loss
 from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.algorithms.losses.ppo_clip import check_ppo_choices, ppo_clip_loss
 from areal_env.trainers.algorithms.losses.sapo import sapo_loss
+
+CRITIC_ESTIMATORS = frozenset({"gae"})
+"""Advantages computed from a learned value model (``gae.py``), not from rewards alone:
+only a trainer with a critic (trainers/ppo.py) can compute them."""
 
 LOSSES: dict[str, Callable[..., Any]] = {
     "ppo_clip": ppo_clip_loss,
@@ -117,10 +123,7 @@ class Preset:
     """One line on the algorithm and its paper."""
 
     def __post_init__(self) -> None:
-        if self.advantage not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(
-                f"advantage={self.advantage!r} unknown; valid: {sorted(ADVANTAGE_ESTIMATORS)}"
-            )
+        self._check_advantage()
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} unknown; valid: {sorted(LOSSES)}")
         check_ppo_choices(
@@ -147,6 +150,17 @@ class Preset:
                 f"icepop_low and icepop_high must satisfy 0 <= icepop_low < icepop_high, "
                 f"got {self.icepop_low}, {self.icepop_high}"
             )
+
+    def _check_advantage(self) -> None:
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(
+                f"advantage={self.advantage!r} unknown; valid: {sorted(ADVANTAGE_ESTIMATORS)}"
+            )
+
+    @property
+    def needs_critic(self) -> bool:
+        """True when a learned value model computes the advantage (trainers/ppo.py only)."""
+        return self.advantage in CRITIC_ESTIMATORS
 
     @property
     def group_relative(self) -> bool:
@@ -246,6 +260,36 @@ PRESETS: dict[str, Preset] = {
 """Preset name -> choices."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CriticPreset(Preset):
+    """A preset whose advantage a learned critic computes (``CRITIC_ESTIMATORS``).
+
+    A class of its own so a plain ``Preset`` keeps refusing such an estimator: every
+    ``PRESETS`` row must run in trainers/grpo.py, which has no critic.
+    """
+
+    def _check_advantage(self) -> None:
+        if self.advantage not in CRITIC_ESTIMATORS:
+            raise ValueError(
+                f"advantage={self.advantage!r} is not a critic estimator; "
+                f"valid: {sorted(CRITIC_ESTIMATORS)}"
+            )
+
+
+CRITIC_PRESETS: dict[str, Preset] = {
+    # Not in PRESETS: trainers/grpo.py has no critic, and every PRESETS row must run there.
+    "ppo": CriticPreset(
+        advantage="gae",
+        aggregation="token_mean",
+        description=(
+            "PPO with a critic (Schulman et al. 2017, arXiv:1707.06347) and GAE "
+            "(Schulman et al. 2016, arXiv:1506.02438): trainers/ppo.py."
+        ),
+    ),
+}
+"""Presets whose advantage comes from a learned critic: run by trainers/ppo.py."""
+
+
 GROUP_ESTIMATORS = frozenset({"group_mean_std", "group_mean", "rloo", "group_mean_batch_std"})
 """Estimators that compare the episodes of one group."""
 
@@ -254,7 +298,7 @@ def get_preset(name: str) -> Preset:
     """Look up a preset by name.
 
     Args:
-        name: a key of ``PRESETS``.
+        name: a key of ``PRESETS`` or ``CRITIC_PRESETS``.
 
     Returns:
         The preset.
@@ -262,9 +306,26 @@ def get_preset(name: str) -> Preset:
     Raises:
         ValueError: if ``name`` is not a known preset.
     """
+    if name in CRITIC_PRESETS:
+        return CRITIC_PRESETS[name]
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; valid: {sorted({*PRESETS, *CRITIC_PRESETS})}")
     return PRESETS[name]
+
+
+def critic_preset_hint(message: str) -> str:
+    """A hint to append to a config error that rejected a critic preset, else "".
+
+    ``trainers/grpo.py`` only knows ``PRESETS``; a user asking it for ``ppo`` should
+    learn which trainer runs it rather than read a list of presets without it.
+    """
+    for name in CRITIC_PRESETS:
+        if "algorithm.preset" in message and f"got {name!r}" in message:
+            return (
+                f"\nalgorithm.preset={name} learns a critic (GAE advantages), which "
+                "trainers/grpo.py has not: run `python trainers/ppo.py` instead"
+            )
+    return ""
 
 
 def resolve_preset(name: str, **overrides: Any) -> Preset:
