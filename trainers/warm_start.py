@@ -10,6 +10,9 @@ the accuracy of *sampled* answers, measured through the real rollout path
 (engine -> client -> agent -> env reward), reaches a target. Stopping on an
 accuracy target rather than a step count leaves mostly mixed groups, which is
 where group-relative RL learns fastest.
+
+Each step is :func:`areal_env.trainers.sft.sft_step`, the update of
+``trainers/sft.py``: chat SFT and the warm start train the same way.
 """
 
 from __future__ import annotations
@@ -27,12 +30,11 @@ import torch
 from areal_env.progress import progress_bar
 from areal_env.rollout.demonstrations import build_demonstrations
 from areal_env.rollout.episode import run_with_retries
-from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
 from areal_env.trainers.config import WarmStartConfig
+from areal_env.trainers.sft import sft_step
 from areal_env.trainers.weight_sync import push_weights
-from areal_env.types import EpisodeBatch
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +175,8 @@ async def warm_start(
     bar = progress_bar(total=cfg.max_steps, desc="warm start", enabled=progress)
     try:
         while step < cfg.max_steps:
-            batch = EpisodeBatch(groups=[rng.sample(pool, min(cfg.batch_size, len(pool)))])
-            rows = list(range(len(batch)))
-            stats = await asyncio.to_thread(sft.train_step, batch, nll_loss, rows)
+            demos = rng.sample(pool, min(cfg.batch_size, len(pool)))
+            stats = await asyncio.to_thread(sft_step, sft, demos)
             step += 1
             bar.update(1)
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
