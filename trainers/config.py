@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from areal_env.agents.registry import AGENTS
-from areal_env.config import CheckpointConfig, EnvConfig, MetricsConfig, ModelConfig
+from areal_env.config import (
+    CheckpointConfig,
+    EnvConfig,
+    MetricsConfig,
+    ModelConfig,
+    TrainEvalConfig,
+)
 from areal_env.inference.chat_client import SamplingConfig
 from areal_env.inference.registry import InferenceConfig
 from areal_env.rollout.scheduler import RolloutConfig
+from areal_env.trainers.algorithms.decoupled import PROXIMAL_POLICIES, decoupled_loss
+from areal_env.trainers.algorithms.losses.base import LossFn
 from areal_env.trainers.algorithms.presets import PRESETS, Preset, resolve_preset
 from areal_env.trainers.backends.base import TrainConfig
 
@@ -49,8 +57,16 @@ class AlgorithmConfig:
     """DAPO's overlong penalty ramps over this last fraction of the token budget; 0 = off."""
     overlong_factor: float | None = None
     """DAPO's overlong penalty at the token budget (>= 0)."""
+    proximal_policy: str = "none"
+    """Decoupled PPO (AReaL): "none" (ratio against the behaviour policy), "recompute"
+    (ratio against the weights at the step's start, one extra forward pass) or
+    "loglinear" (AReaL's version-interpolated approximation, no extra pass)."""
+    behaviour_weight_cap: float | None = 5.0
+    """Decoupled PPO: tokens whose behaviour weight pi_prox / pi_behav exceeds this are
+    dropped (counted in loss/behav_dropped_frac); None: no cap. Unused with "none"."""
 
     def __post_init__(self) -> None:
+        self.check_decoupled()
         if self.preset not in PRESETS:
             raise ValueError(
                 f"algorithm.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
@@ -59,6 +75,31 @@ class AlgorithmConfig:
             self.resolved()
         except ValueError as e:
             raise ValueError(f"algorithm.{e}") from None
+
+    def check_decoupled(self) -> None:
+        """Raise ValueError naming a bad decoupled-PPO key."""
+        if self.proximal_policy not in PROXIMAL_POLICIES:
+            raise ValueError(
+                f"algorithm.proximal_policy must be one of {PROXIMAL_POLICIES}, "
+                f"got {self.proximal_policy!r}"
+            )
+        if self.behaviour_weight_cap is not None and self.behaviour_weight_cap <= 1.0:
+            raise ValueError(
+                f"algorithm.behaviour_weight_cap must be > 1 or None, "
+                f"got {self.behaviour_weight_cap}"
+            )
+
+    def step_loss(self, loss_fn: LossFn, *, version: int) -> LossFn:
+        """The preset's loss for the step that starts at weight ``version``.
+
+        Decoupled PPO wraps it; with ``proximal_policy=none`` it is ``loss_fn`` itself.
+        """
+        return decoupled_loss(
+            loss_fn,
+            proximal=self.proximal_policy,
+            weight_cap=self.behaviour_weight_cap,
+            proximal_version=version,
+        )
 
     def resolved(self) -> Preset:
         """The preset with the keys the user set replaced."""
@@ -148,6 +189,8 @@ class GRPOConfig:
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
+    """Evaluation on held-out tasks during training (off by default; docs/monitoring.md)."""
 
     def __post_init__(self) -> None:
         preset = self.algorithm.resolved()

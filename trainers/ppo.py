@@ -74,6 +74,7 @@ class PPOAlgorithmConfig(AlgorithmConfig):
     """Key of trainers/algorithms/presets.CRITIC_PRESETS."""
 
     def __post_init__(self) -> None:
+        self.check_decoupled()
         if self.preset not in CRITIC_PRESETS:
             raise ValueError(
                 f"algorithm.preset must be one of {sorted(CRITIC_PRESETS)} for trainers/ppo.py, "

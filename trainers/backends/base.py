@@ -90,6 +90,15 @@ class TrainBackend(Protocol):
         ...
 
 
+def needs_proximal_logprobs(loss_fn: LossFn) -> bool:
+    """True when ``loss_fn`` needs the backend to compute the proximal logprobs.
+
+    Decoupled PPO with ``proximal_policy=recompute``: the policy's own logprobs
+    before this step's first update, from a no-grad pass.
+    """
+    return bool(getattr(loss_fn, "needs_proximal_logprobs", False))
+
+
 def _scaled_log_softmax(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits[:, :-1] / T)`` with T a float or one value per row ``[B]``."""
     t = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
@@ -148,6 +157,7 @@ def micro_batch_inputs(
     num_tokens: float,
     num_sequences: float,
     device: torch.device,
+    proximal_logprobs: torch.Tensor | None = None,
 ) -> LossInputs:
     """The loss inputs of rows ``part`` of ``padded`` scored by ``logits`` (with gradient).
 
@@ -162,6 +172,9 @@ def micro_batch_inputs(
         advantages=padded.advantages[part].to(device),
         loss_mask=padded.loss_mask[part].to(device),
         ref_logprobs=None if ref_logprobs is None else ref_logprobs[part].to(device),
+        proximal_logprobs=(
+            None if proximal_logprobs is None else proximal_logprobs[part].to(device)
+        ),
         versions=padded.versions[part].to(device),
         num_tokens=num_tokens,
         num_sequences=num_sequences,

@@ -50,6 +50,7 @@ from areal_env.trainers.backends.base import (
     gather_token_logprobs,
     masked_entropy_sum,
     micro_batch_inputs,
+    needs_proximal_logprobs,
 )
 from areal_env.trainers.backends.prefix_sharing import forward_logits
 from areal_env.types import EpisodeBatch, PaddedBatch
@@ -213,11 +214,14 @@ class FSDPBackend:
         if self.ref_model is not None:
             mine = torch.cat([self._my_rows(idx) for idx in minibatches])
             ref = self._ref_logprobs(padded, mine)
+        prox = None
+        if needs_proximal_logprobs(loss_fn):  # decoupled PPO: the weights before any update
+            prox = self._policy_logprobs(padded, minibatches)
         stats: dict[str, float] = {}
         self.model.train()
         for idx in minibatches:
             self.optimizer.zero_grad(set_to_none=True)
-            step_stats = self._accumulate_gradients(padded, idx, ref, loss_fn)
+            step_stats = self._accumulate_gradients(padded, idx, ref, loss_fn, prox)
             step_stats["train/grad_norm"] = self._clip_grad()
             self.optimizer.step()
             self.lr_schedule.step()
@@ -253,8 +257,39 @@ class FSDPBackend:
                 out[part] = gather_token_logprobs(logits, ids, temps).cpu()
         return out
 
+    def _policy_logprobs(
+        self, padded: PaddedBatch, minibatches: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The sharded policy's logprobs of this rank's rows, no grad (zeros elsewhere).
+
+        Every rank runs the same number of forwards (the sharded forward gathers
+        parameters collectively), a rank without rows scoring a dummy one.
+        """
+        out = torch.zeros(padded.input_ids.shape, dtype=torch.float32)
+        size = self.config.micro_batch_size
+        with torch.no_grad():
+            for idx in minibatches:
+                shares = idx.tensor_split(self.world)
+                n_micro = max(math.ceil(len(s) / size) for s in shares)
+                mine = shares[self.rank]
+                for m in range(n_micro):
+                    part = mine[m * size : (m + 1) * size]
+                    rows = part if len(part) else idx[:1]
+                    ids = padded.input_ids[rows].to(self.device)
+                    attn = padded.attention_mask[rows].to(self.device)
+                    logits = self.model(input_ids=ids, attention_mask=attn).logits
+                    if len(part):
+                        temps = padded.temperatures[part].to(self.device)
+                        out[part] = gather_token_logprobs(logits, ids, temps).cpu()
+        return out
+
     def _accumulate_gradients(
-        self, padded: PaddedBatch, idx: torch.Tensor, ref: torch.Tensor | None, loss_fn: LossFn
+        self,
+        padded: PaddedBatch,
+        idx: torch.Tensor,
+        ref: torch.Tensor | None,
+        loss_fn: LossFn,
+        prox: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Backward this rank's rows of minibatch ``idx``; the minibatch's metrics (all ranks).
 
@@ -288,6 +323,7 @@ class FSDPBackend:
                 num_tokens=num_tokens,
                 num_sequences=num_sequences,
                 device=self.device,
+                proximal_logprobs=prox,
             )
             loss, metrics = loss_fn(inputs)
             # FSDP's reduce-scatter divides by the rank count; we want the sum.

@@ -72,7 +72,11 @@ import torch.distributed as dist
 
 from areal_env.trainers import distributed
 from areal_env.trainers.algorithms.losses.base import LossFn, LossInputs
-from areal_env.trainers.backends.base import TrainConfig, gather_token_logprobs
+from areal_env.trainers.backends.base import (
+    TrainConfig,
+    gather_token_logprobs,
+    needs_proximal_logprobs,
+)
 from areal_env.trainers.backends.fsdp import _broadcast_module
 from areal_env.trainers.backends.megatron_config import MegatronConfig
 from areal_env.trainers.backends.megatron_convert import (
@@ -623,6 +627,11 @@ class MegatronBackend:
     ) -> dict[str, float]:
         if not rows:
             raise ValueError("train_step needs at least one row")
+        if needs_proximal_logprobs(loss_fn):
+            raise ValueError(
+                "algorithm.proximal_policy=recompute is not implemented for train.backend="
+                "megatron; use algorithm.proximal_policy=loglinear (no extra forward pass)"
+            )
         padded = batch.padded(self.pad_id, rows=rows)
         n_mini = min(self.config.ppo_minibatches, len(rows))
         ref = None

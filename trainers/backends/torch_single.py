@@ -28,6 +28,7 @@ from areal_env.trainers.backends.base import (
     gather_token_logprobs,
     masked_entropy_sum,
     micro_batch_inputs,
+    needs_proximal_logprobs,
 )
 from areal_env.trainers.backends.lora import merged_state_dict, weights_fingerprint, wrap_with_lora
 from areal_env.trainers.backends.prefix_sharing import forward_logits
@@ -149,11 +150,20 @@ class TorchBackend:
                 loss_mask=padded.loss_mask,
                 group_index=padded.group_index,
             )
+        prox = None
+        if needs_proximal_logprobs(loss_fn):  # decoupled PPO: the weights before any update
+            prox = self.token_logprobs(
+                padded.input_ids,
+                padded.attention_mask,
+                temperatures=padded.temperatures,
+                loss_mask=padded.loss_mask,
+                group_index=padded.group_index,
+            )
         n_mini = min(self.config.ppo_minibatches, len(rows))
         stats: dict[str, float] = {}
         self.model.train()
         for idx in torch.arange(len(rows)).chunk(n_mini):
-            step_stats = self._minibatch_step(padded, idx, ref, loss_fn)
+            step_stats = self._minibatch_step(padded, idx, ref, loss_fn, prox)
             for k, v in step_stats.items():
                 stats[k] = stats.get(k, 0.0) + v / n_mini
         self.model.eval()
@@ -167,6 +177,7 @@ class TorchBackend:
         idx: torch.Tensor,
         ref: torch.Tensor | None,
         loss_fn: LossFn,
+        prox: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Backward the loss of minibatch ``idx`` micro-batch by micro-batch; its metrics.
 
@@ -195,6 +206,7 @@ class TorchBackend:
                 num_tokens=num_tokens,
                 num_sequences=num_sequences,
                 device=self.device,
+                proximal_logprobs=prox,
             )
             loss, metrics = loss_fn(inputs)
             loss.backward()
@@ -205,10 +217,15 @@ class TorchBackend:
         return stats
 
     def _minibatch_step(
-        self, padded: PaddedBatch, idx: torch.Tensor, ref: torch.Tensor | None, loss_fn: LossFn
+        self,
+        padded: PaddedBatch,
+        idx: torch.Tensor,
+        ref: torch.Tensor | None,
+        loss_fn: LossFn,
+        prox: torch.Tensor | None,
     ) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        stats = self.accumulate_gradients(padded, idx, ref, loss_fn)
+        stats = self.accumulate_gradients(padded, idx, ref, loss_fn, prox)
         stats["train/grad_norm"] = self._clip_grad()
         self.optimizer.step()
         self.lr_schedule.step()

@@ -47,6 +47,10 @@ class LossInputs:
     it and the behaviour policy enters only as an importance weight; None = behaviour."""
     ref_logprobs: torch.Tensor | None = None
     """[B, T] the frozen reference model, for a KL penalty; None when there is none."""
+    behaviour_weight_cap: float | None = None
+    """Decoupled PPO: tokens whose behaviour importance weight ``pi_prox / pi_behav``
+    exceeds this are dropped from the loss (weight 0, still counted in the normalisers:
+    they are samples too stale to correct); None keeps every token."""
     versions: torch.Tensor | None = None
     """[B, T] weight version that sampled each token (-1 on prompt tokens)."""
     num_tokens: float | None = None

@@ -49,10 +49,26 @@ def prepare(inputs: LossInputs) -> Prepared:
     behav = torch.where(keep, inputs.behaviour_logprobs.detach(), zero)
     prox = behav if inputs.proximal_logprobs is None else inputs.proximal_logprobs.detach()
     prox = torch.where(keep, prox, zero)
-    weight = torch.exp((prox - behav).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    weight = behaviour_weight(prox, behav, inputs.behaviour_weight_cap)
     log_ratio = (lp - prox).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     adv = inputs.advantages.detach().to(lp.dtype)
     return Prepared(keep, lp, behav, prox, adv, weight, log_ratio)
+
+
+def behaviour_weight(
+    prox: torch.Tensor, behav: torch.Tensor, cap: float | None = None
+) -> torch.Tensor:
+    """Detached ``pi_prox / pi_behav`` per token, 0 where it exceeds ``cap`` (dropped).
+
+    Decoupled PPO (AReaL) corrects stale samples with this weight; a token whose
+    weight is huge was sampled where the behaviour policy put almost no mass that
+    the proximal policy now puts much on, and one such token would dominate the
+    gradient, so it is dropped instead (``behav_imp_weight_cap`` in AReaL).
+    """
+    weight = torch.exp((prox - behav).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    if cap is None:
+        return weight
+    return torch.where(weight > cap, torch.zeros_like(weight), weight)
 
 
 def aggregator(

@@ -36,8 +36,7 @@ import torch
 from areal_env.trainers.algorithms.kl import KL_ESTIMATORS, kl_penalty
 from areal_env.trainers.algorithms.losses.aggregation import AGGREGATIONS, aggregate
 from areal_env.trainers.algorithms.losses.base import LossInputs
-
-_MAX_LOG_RATIO = 20.0
+from areal_env.trainers.algorithms.losses.common import MAX_LOG_RATIO, prepare
 
 RATIO_LEVELS = ("token", "sequence")
 """Valid ``ratio_level`` values."""
@@ -94,15 +93,10 @@ def ppo_clip_loss(
     if kl_coef != 0.0 and inputs.ref_logprobs is None:
         raise ValueError("kl_coef != 0 needs ref_logprobs")
     mask = inputs.loss_mask
-    keep = mask.bool()
-    zero = torch.zeros((), dtype=inputs.logprobs.dtype, device=inputs.logprobs.device)
-    # Padding may hold -inf or garbage logprobs; zeroing it keeps forward and backward finite.
-    lp = torch.where(keep, inputs.logprobs, zero)
-    behav = torch.where(keep, inputs.behaviour_logprobs.detach(), zero)
-    prox = behav if inputs.proximal_logprobs is None else inputs.proximal_logprobs.detach()
-    prox = torch.where(keep, prox, zero)
-    adv = inputs.advantages.detach().to(lp.dtype)
-    weight = torch.exp((prox - behav).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
+    # Padding may hold -inf or garbage logprobs; prepare() zeroes it so backward stays finite.
+    p = prepare(inputs)
+    keep, lp, behav, prox, adv, weight = p.keep, p.lp, p.behav, p.prox, p.adv, p.weight
+    zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
 
     ratio = _ratio(lp, prox, keep, ratio_level)
     pg_unclipped = -adv * ratio
@@ -149,7 +143,7 @@ def ppo_clip_loss(
 
 
 def _ratio(lp: torch.Tensor, old: torch.Tensor, keep: torch.Tensor, level: str) -> torch.Tensor:
-    log_ratio = (lp - old).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    log_ratio = (lp - old).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     if level == "token":
         return torch.exp(log_ratio)
     # GSPO-token: value exp(mean log ratio of the row), gradient through each token.
