@@ -86,11 +86,79 @@ class MetricsConfig:
     """Write a PNG of reward and loss curves at the end of the run."""
     progress: bool = True
     """Show a progress bar while training."""
+    live_panel: bool | None = None
+    """A live terminal panel (episodes running/finished/failed, staleness, reward trend,
+    tokens/s, ETA) in place of the progress bar; None: on when stdout is a terminal,
+    ``progress`` is on and ``CI`` is not set (docs/monitoring.md)."""
+    dump_episodes_every: int = 10
+    """Every N steps append whole episodes of the batch to ``output_dir/episodes.jsonl``
+    (tokens, decoded text, loss mask, logprobs, versions); 0: never."""
+    dump_episodes: int = 2
+    """Episodes written at each dump, taken from different groups first."""
 
     def __post_init__(self) -> None:
         modes = ("offline", "online", "disabled")
         if self.wandb_mode not in modes:
             raise ValueError(f"metrics.wandb_mode must be one of {modes}, got {self.wandb_mode!r}")
+        for key in ("dump_episodes_every", "dump_episodes"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"metrics.{key} must be >= 0, got {getattr(self, key)}")
+
+
+EVAL_SEED_OFFSET = 30_000_000
+"""First held-out task seed of evals (``python -m areal_env.eval`` and the trainer's):
+apart from the warm start's seed ranges (10M demos, 20M checks)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainEvalConfig:
+    """The trainer's ``eval`` section: evaluation on held-out tasks during training.
+
+    Held-out means task seeds ``seed_offset + i`` for ``i < episodes``, which the
+    training stream (31-bit hashes of the run seed and group index) meets only by
+    rare chance; an env with its own split takes it through ``env_kwargs`` (e.g.
+    ``{dataset_split: test}``). The keys shared with ``python -m areal_env.eval``
+    (``seed_offset``, ``correct_threshold``, ``max_concurrent``, ``episode_timeout_s``)
+    mean the same there, so a run's ``config.yaml`` evaluated afterwards sees the
+    same tasks.
+    """
+
+    every_steps: int = 0
+    """Evaluate every N steps (and after the last step); 0: never."""
+    episodes: int = 16
+    """Held-out tasks per evaluation; each is played once greedily and ``k`` times sampled."""
+    k: int = 4
+    """Sampled episodes per task: the k of the reported ``eval/pass@k``."""
+    seed_offset: int = EVAL_SEED_OFFSET
+    """Seed of held-out task 0."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Merged over ``env.kwargs`` for the eval env only (a held-out split, if the env has one)."""
+    correct_threshold: float = 1.0
+    """An episode counts as correct when its reward is >= this."""
+    max_concurrent: int = 64
+    """Most eval episodes in flight at once (rollouts keep running beside them)."""
+    episode_timeout_s: float | None = None
+    """Time limit per eval episode in seconds (a timeout counts as not correct); None: none."""
+
+    def __post_init__(self) -> None:
+        for key, low in (("every_steps", 0), ("episodes", 1), ("k", 1), ("max_concurrent", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(f"eval.{key} must be >= {low}, got {getattr(self, key)}")
+        if self.seed_offset < 0:
+            raise ValueError(f"eval.seed_offset must be >= 0, got {self.seed_offset}")
+        if self.episode_timeout_s is not None and self.episode_timeout_s <= 0:
+            raise ValueError(
+                f"eval.episode_timeout_s must be > 0 or None, got {self.episode_timeout_s}"
+            )
+
+    def due(self, step: int, last_step: int) -> bool:
+        """Whether to evaluate after ``step``: every ``every_steps`` and at the last step.
+
+        Example:
+            >>> [s for s in range(1, 8) if TrainEvalConfig(every_steps=3).due(s, 7)]
+            [3, 6, 7]
+        """
+        return self.every_steps > 0 and (step % self.every_steps == 0 or step == last_step)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -18,7 +18,15 @@ optional untyped field that accepts anything and is ignored (a log line names
 the ones that were set). So the same file and the same dotted overrides work for
 both entry points, while a misspelt key anywhere else still fails at start-up.
 In particular ``rollout.n_samples`` does not set the samples per task here;
-``eval.samples_per_task`` does.
+``eval.samples_per_task`` does. The trainer's own ``eval`` section (evaluation
+during training, :class:`~areal_env.config.TrainEvalConfig`) shares this one's
+name: its keys with the same meaning (``seed_offset``, ``correct_threshold``,
+``max_concurrent``, ``episode_timeout_s``) apply here too, its trainer-only keys
+(:data:`TRAINER_ONLY_EVAL_KEYS`) are accepted and ignored.
+
+During training, :func:`evaluate_in_training` plays the held-out tasks with
+the run's engine at its current weights, greedy and sampled, and returns the
+``eval/...`` metrics the trainer logs (docs/monitoring.md).
 
 Task choice: task ``i`` (``0 <= i < eval.num_tasks``) resets the env with seed
 ``eval.seed_offset + i``, whatever ``seed`` is, so two models evaluated with the
@@ -56,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import math
@@ -63,26 +72,32 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
 from areal_env.agents.registry import make_agent
-from areal_env.config import EnvConfig, ModelConfig, load_config
+from areal_env.config import EVAL_SEED_OFFSET, EnvConfig, ModelConfig, TrainEvalConfig, load_config
 from areal_env.inference.chat_client import ChatClient, SamplingConfig
 from areal_env.inference.registry import InferenceConfig, load_engine, start_engine
 from areal_env.models.load import model_dir
 from areal_env.progress import progress_bar
 from areal_env.resources import ResourceRegistry
 from areal_env.rollout.episode import EpisodeFn, EpisodeOutcome, make_episode_fn, run_with_retries
-from areal_env.trainers.build import POLICY_CLIENT_KEY, make_env_factory, seed_everything
+from areal_env.trainers.build import (
+    POLICY_CLIENT_KEY,
+    Components,
+    make_env_factory,
+    seed_everything,
+)
 from areal_env.trainers.config import AgentConfig
 
 __all__ = [
     "EvalConfig",
     "EvalSettings",
+    "evaluate_in_training",
     "main",
     "mean_pass_at_k",
     "mean_pass_hat_k",
@@ -90,12 +105,11 @@ __all__ = [
     "pass_hat_k",
     "run",
     "setup",
+    "training_eval_episode_fns",
 ]
 
 logger = logging.getLogger("areal_env.eval")
 
-EVAL_SEED_OFFSET = 30_000_000
-"""Default first task seed: apart from the warm start's ranges (10M demos, 20M checks)."""
 
 TRAINER_ONLY_KEYS = (
     "recover",
@@ -107,6 +121,9 @@ TRAINER_ONLY_KEYS = (
     "metrics",
 )
 """Top-level keys of the trainer's config that eval accepts and ignores."""
+
+TRAINER_ONLY_EVAL_KEYS = ("every_steps", "episodes", "k", "env_kwargs")
+"""Keys of the trainer's ``eval`` section (evaluation during training) ignored here."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -134,6 +151,14 @@ class EvalSettings:
     beside it, ``.jsonl`` replaced by ``.summary.json``."""
     progress: bool = True
     """Show a progress bar."""
+    every_steps: Any = None
+    """Trainer-only (evaluation during training): accepted and ignored."""
+    episodes: Any = None
+    """Trainer-only: accepted and ignored (``num_tasks`` sets the tasks here)."""
+    k: Any = None
+    """Trainer-only: accepted and ignored (``samples_per_task`` and ``pass_k`` set k here)."""
+    env_kwargs: Any = None
+    """Trainer-only: accepted and ignored (``env.kwargs`` sets the env here)."""
 
     def __post_init__(self) -> None:
         for key in ("num_tasks", "samples_per_task", "max_concurrent"):
@@ -215,7 +240,9 @@ class EvalConfig:
 
     def used(self) -> dict[str, Any]:
         """The config without the ignored trainer-only keys (saved in the summary)."""
-        return {k: v for k, v in asdict(self).items() if k not in TRAINER_ONLY_KEYS}
+        used = {k: v for k, v in asdict(self).items() if k not in TRAINER_ONLY_KEYS}
+        used["eval"] = {k: v for k, v in used["eval"].items() if k not in TRAINER_ONLY_EVAL_KEYS}
+        return used
 
 
 # --------------------------------------------------------------------------- pass@k
@@ -486,6 +513,91 @@ async def play(
     finally:
         bar.close()
     return records
+
+
+# --------------------------------------------------------------------------- during training
+
+
+def training_eval_episode_fns(
+    parts: Components, settings: TrainEvalConfig, env: EnvConfig, sampling: SamplingConfig
+) -> tuple[EpisodeFn, EpisodeFn]:
+    """``(sampled, greedy)`` episode functions for evaluation during training.
+
+    Both play through the run's own engine, tokenizer, agent and shared env
+    resources, so they measure the weights the engine holds now; the sampled one
+    uses the run's sampling, the greedy one temperature 0. The env gets
+    ``settings.env_kwargs`` over ``env.kwargs`` (a held-out split, if it has one).
+    """
+    env_factory = parts.env_factory
+    if settings.env_kwargs:
+        kwargs = {**env.kwargs, **settings.env_kwargs}
+        env_factory = make_env_factory(env.id, kwargs, parts.resources)
+    greedy = ChatClient(parts.engine, parts.tokenizer, sampling=replace(sampling, temperature=0.0))
+    sampled = ChatClient(parts.engine, parts.tokenizer, sampling=sampling)
+    return (
+        make_episode_fn(env_factory, parts.agent, sampled.episode),
+        make_episode_fn(env_factory, parts.agent, greedy.episode),
+    )
+
+
+async def evaluate_in_training(
+    settings: TrainEvalConfig,
+    *,
+    sampled_fn: EpisodeFn,
+    greedy_fn: EpisodeFn,
+    out: TextIO | None = None,
+    line_fields: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Greedy pass@1 and sampled pass@k on the held-out tasks; the ``eval/...`` metrics.
+
+    Task ``i`` has seed ``settings.seed_offset + i`` as in a standalone eval; it is
+    played once with ``greedy_fn`` and ``settings.k`` times with ``sampled_fn``
+    (through :func:`play`, so failures count as not correct). The trainer calls this
+    between steps, after the weight push, and never touches the rollout scheduler:
+    eval episodes carry no training data and change no version or staleness count.
+
+    Args:
+        settings: the trainer's ``eval`` section.
+        sampled_fn: episodes at the run's sampling temperature.
+        greedy_fn: episodes at temperature 0.
+        out: when given, every episode's JSON line (with ``"mode"``) is written here.
+        line_fields: added to every line written to ``out`` (the trainer adds ``step``).
+
+    Returns:
+        ``eval/greedy_pass@1``, ``eval/greedy_reward_mean``, ``eval/pass@1``,
+        ``eval/pass@{k}``, ``eval/pass^{k}``, ``eval/reward_mean``, ``eval/failed``,
+        ``eval/episodes`` and ``eval/time_s``; reward means are absent when every
+        episode failed.
+    """
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    failed = episodes = 0
+    for mode, fn, n in (("greedy", greedy_fn, 1), ("sampled", sampled_fn, settings.k)):
+        plan = EvalSettings(
+            num_tasks=settings.episodes,
+            samples_per_task=n,
+            seed_offset=settings.seed_offset,
+            correct_threshold=settings.correct_threshold,
+            max_concurrent=settings.max_concurrent,
+            episode_timeout_s=settings.episode_timeout_s,
+            progress=False,
+        )
+        records = await play(fn, plan, io.StringIO())
+        summary = summarize(records, plan)
+        prefix = "eval/greedy_" if mode == "greedy" else "eval/"
+        keys = ["pass@1"] if mode == "greedy" else [*{"pass@1", f"pass@{n}", f"pass^{n}"}]
+        metrics |= {f"{prefix}{key}": float(summary[key]) for key in sorted(keys)}
+        if summary["mean_reward"] is not None:
+            metrics[f"{prefix}reward_mean"] = float(summary["mean_reward"])
+        failed, episodes = failed + summary["failed"], episodes + summary["episodes"]
+        if out is not None:
+            for record in sorted(records, key=lambda r: (r["task_index"], r["sample_index"])):
+                line = {**(line_fields or {}), "mode": mode, **record}
+                out.write(json.dumps(line) + "\n")
+    metrics["eval/failed"] = float(failed)
+    metrics["eval/episodes"] = float(episodes)
+    metrics["eval/time_s"] = time.perf_counter() - start
+    return metrics
 
 
 def output_paths(cfg: EvalConfig) -> tuple[Path, Path]:

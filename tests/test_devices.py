@@ -248,7 +248,9 @@ def test_only_devices_py_names_a_device_type():
         p
         for top in ("areal_env", "trainers", "agents", "envs")
         for p in (REPO / top).rglob("*.py")
-        if p != REPO / "areal_env" / "devices.py"
+        # megatron-core is a CUDA library: its backend shims torch.cuda on CPU and seeds
+        # megatron's CUDA RNG tracker, which no device abstraction can name for it.
+        if p not in (REPO / "areal_env" / "devices.py", REPO / "trainers/backends/megatron.py")
     ]
     assert len(files) > 20
     hits = [h for p in files for h in _device_names(p)]

@@ -16,6 +16,7 @@ import pytest
 from areal_env.config import load_config, to_yaml
 from areal_env.envs.base import AsyncEnv
 from areal_env.eval import (
+    TRAINER_ONLY_EVAL_KEYS,
     TRAINER_ONLY_KEYS,
     EvalConfig,
     EvalSettings,
@@ -389,10 +390,15 @@ def test_the_eval_tree_is_the_trainers_plus_eval():
     # A new trainer section must be either used here or listed as ignored, or a
     # trainer's config.yaml would stop loading in eval.
     assert trainer <= ours, trainer - ours
-    assert ours - trainer == {"eval"}
-    shared = trainer - set(TRAINER_ONLY_KEYS) - {"output_dir"}
+    assert ours == trainer  # the trainer's own `eval` section: evaluation during training
+    shared = trainer - set(TRAINER_ONLY_KEYS) - {"output_dir", "eval"}
     for name in shared:  # the same defaults, so an eval measures what the trainer samples
         assert getattr(EvalConfig(), name) == getattr(GRPOConfig(), name), name
+    # Each key of the trainer's eval section is either ignored here or means the same.
+    theirs = {f.name for f in fields(GRPOConfig().eval)}
+    assert theirs <= {f.name for f in fields(EvalSettings)}, theirs
+    for name in theirs - set(TRAINER_ONLY_EVAL_KEYS):
+        assert getattr(EvalSettings(), name) == getattr(GRPOConfig().eval, name), name
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ behaviour logprobs bounds how far such samples can pull.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -46,7 +47,10 @@ from areal_env.checkpoint import (
     save_checkpoint,
 )
 from areal_env.config import load_config, to_yaml
+from areal_env.episode_dump import EpisodeDumper
+from areal_env.eval import evaluate_in_training, training_eval_episode_fns
 from areal_env.inference.registry import start_engine
+from areal_env.live_panel import LivePanel, live_panel_enabled
 from areal_env.metrics import MetricsLogger
 from areal_env.progress import progress_bar
 from areal_env.rollout.scheduler import RolloutScheduler
@@ -68,6 +72,9 @@ from areal_env.trainers.weight_sync import push_weights
 from areal_env.types import EpisodeBatch
 
 logger = logging.getLogger("areal_env.grpo")
+
+EVAL_EPISODES_FILE = "eval_episodes.jsonl"
+"""Under ``output_dir``: one line per episode of each evaluation during training."""
 
 
 class StepHooks:
@@ -124,20 +131,57 @@ async def train(
     metrics: MetricsLogger,
     start_step: int,
     hooks: StepHooks | None = None,
+    *,
+    resumed: bool = False,
 ) -> None:
-    """The step loop: batch -> advantages -> train -> push weights -> log -> checkpoint."""
+    """The step loop: batch -> advantages -> train -> push weights -> eval -> log -> checkpoint.
+
+    Progress shows as the live panel (``metrics.live_panel``) or the tqdm bar.
+    Evaluation (``eval.every_steps``) runs after the weight push, beside the
+    rollouts but outside the scheduler, so versions and staleness are untouched;
+    its ``eval/...`` metrics join the step's row. ``resumed`` keeps the episode
+    dump's rows up to ``start_step``, as the metrics file does.
+    """
     hooks = hooks or StepHooks()
     preset = cfg.algorithm.resolved()
     loss_fn = preset.loss_fn(max_len=cfg.inference.sampling.max_new_tokens)
-    weights_dir = Path(cfg.output_dir) / "weights"
+    out = Path(cfg.output_dir)
+    weights_dir = out / "weights"
+    panel = None
+    if live_panel_enabled(cfg.metrics):
+        panel = LivePanel(
+            total_steps=cfg.train.steps,
+            start_step=start_step,
+            scheduler=scheduler,
+            batch_size=cfg.rollout.batch_size,
+            n_samples=cfg.rollout.n_samples,
+        )
     bar = progress_bar(
-        total=cfg.train.steps, initial=start_step, desc="grpo", enabled=cfg.metrics.progress
+        total=cfg.train.steps,
+        initial=start_step,
+        desc="grpo",
+        enabled=cfg.metrics.progress and panel is None,
     )
-    async with scheduler.running():
+    dumper = EpisodeDumper(
+        out,
+        every=cfg.metrics.dump_episodes_every,
+        count=cfg.metrics.dump_episodes,
+        tokenizer=parts.tokenizer,
+        resume_after_step=start_step if resumed else None,
+    )
+    eval_fns = None
+    if cfg.eval.every_steps:
+        eval_fns = training_eval_episode_fns(parts, cfg.eval, cfg.env, cfg.inference.sampling)
+        if not resumed:  # a fresh run in an old folder starts a fresh file
+            (out / EVAL_EPISODES_FILE).unlink(missing_ok=True)
+    phase = panel.set_phase if panel is not None else (lambda _: None)
+    async with scheduler.running(), panel.running() if panel else contextlib.nullcontext():
         for step in range(start_step, cfg.train.steps):
             t0 = time.perf_counter()
+            phase("waiting for rollouts" if step > start_step else "waiting for the first batch")
             batch = await scheduler.next_batch()
             t_wait = time.perf_counter() - t0
+            phase("training")
             shaped = {}
             if preset.overlong_buffer_frac > 0:  # DAPO: before advantages, after filtering
                 shaped = apply_overlong_penalty(
@@ -151,7 +195,8 @@ async def train(
             num_rows = len(batch.row_refs())
             stats = {}
             if rows:  # a batch of only all-equal groups carries no gradient
-                stats = await asyncio.to_thread(backend.train_step, batch, loss_fn, rows)
+                step_loss = cfg.algorithm.step_loss(loss_fn, version=step)  # decoupled PPO
+                stats = await asyncio.to_thread(backend.train_step, batch, step_loss, rows)
             stats |= await asyncio.to_thread(hooks.after_policy_step, batch)
             version = step + 1
             await push_weights(
@@ -159,19 +204,32 @@ async def train(
             )
             step_s = time.perf_counter() - t0
             gen_tokens = batch.stats.get("rollout/gen_tokens", 0.0)
-            metrics.log(
-                version,
-                {
-                    **batch.stats,
-                    **shaped,
-                    **stats,
-                    "time/step_s": step_s,
-                    "time/wait_rollout_s": t_wait,
-                    "throughput/gen_tokens_per_s": gen_tokens / max(step_s, 1e-9),
-                    "train/trained_fraction": len(rows) / max(num_rows, 1),
-                    "train/version": float(version),
-                },
-            )
+            evals: dict[str, float] = {}
+            if eval_fns is not None and cfg.eval.due(version, cfg.train.steps):
+                phase("evaluating")  # at weights `version`, pushed above
+                with (out / EVAL_EPISODES_FILE).open("a") as lines:
+                    evals = await evaluate_in_training(
+                        cfg.eval,
+                        sampled_fn=eval_fns[0],
+                        greedy_fn=eval_fns[1],
+                        out=lines,
+                        line_fields={"step": version},
+                    )
+            row = {
+                **batch.stats,
+                **shaped,
+                **stats,
+                **evals,
+                "time/step_s": step_s,
+                "time/wait_rollout_s": t_wait,
+                "throughput/gen_tokens_per_s": gen_tokens / max(step_s, 1e-9),
+                "train/trained_fraction": len(rows) / max(num_rows, 1),
+                "train/version": float(version),
+            }
+            metrics.log(version, row)
+            dumper.maybe_dump(batch, step=version, version=version)
+            if panel is not None:
+                panel.on_step(version, row)
             bar.update(1)
             bar.set_postfix(
                 reward=f"{batch.stats.get('rollout/reward_mean', 0):.3f}", refresh=False
@@ -248,7 +306,9 @@ async def _run(cfg: GRPOConfig, parts: Components, hooks: StepHooks) -> Path:
         resume_after_step=start_step if checkpoints else None,
     )
     try:
-        await train(cfg, parts, backend, scheduler, metrics, start_step, hooks)
+        await train(
+            cfg, parts, backend, scheduler, metrics, start_step, hooks, resumed=bool(checkpoints)
+        )
     finally:
         metrics.close()
     final = out / "final_model"
