@@ -79,6 +79,9 @@ class SamplingParams:
     """Token ids that end generation (kept in the output, e.g. EOS)."""
     stop: tuple[str, ...] = ()
     """Strings that end generation once the decoded output contains one."""
+    seed: int | None = None
+    """Random seed of this request alone: the same seed, prompt and weights draw the same
+    tokens whatever else the engine runs (reproducible runs); None: the engine's stream."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -30,6 +30,7 @@ import torch
 from areal_env.progress import progress_bar
 from areal_env.rollout.demonstrations import build_demonstrations
 from areal_env.rollout.episode import run_with_retries
+from areal_env.rollout.seeding import episode_seed, mix
 from areal_env.trainers.backends.base import TrainConfig
 from areal_env.trainers.backends.torch_single import TorchBackend
 from areal_env.trainers.config import WarmStartConfig
@@ -62,13 +63,16 @@ async def sampled_accuracy(episode_fn: Any, n: int) -> float:
     An episode that fails (a tool call the model garbled so badly that a wrapped
     agent's framework gives up, a timeout) counts as reward 0, as an unscored
     episode would: a failure stays in its episode and never ends the warm start.
+    Each episode samples with its own seed (the same at every check), so the check
+    does not depend on timing and two checks differ only by the weights.
     """
-    outcomes = await asyncio.gather(
-        *(
-            run_with_retries(functools.partial(episode_fn, EVAL_SEED_OFFSET + i, 0), max_retries=0)
-            for i in range(n)
-        )
-    )
+
+    async def seeded(i: int) -> Any:
+        with episode_seed(mix(EVAL_SEED_OFFSET, i)):
+            attempt = functools.partial(episode_fn, EVAL_SEED_OFFSET + i, 0)
+            return await run_with_retries(attempt, max_retries=0)
+
+    outcomes = await asyncio.gather(*(seeded(i) for i in range(n)))
     failed = sum(not o.ok for o in outcomes)
     if failed:
         logger.info("warm start accuracy check: %d of %d episodes failed (counted 0)", failed, n)

@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -81,6 +82,7 @@ from areal_env.inference.openai_args import (
 )
 from areal_env.inference.tool_parsing import ParsedMessage, parse_tool_calls, tool_call_to_openai
 from areal_env.rollout.activity import phase
+from areal_env.rollout.seeding import request_seed
 from areal_env.types import (
     GenerationRequest,
     GenerationResult,
@@ -404,16 +406,22 @@ class EpisodeClient:
         self.session_id = new_id("episode-", 16)
         """Sent with every request, so an episode's turns stay on one inference server."""
         self._branches: list[_Branch] = []
+        self._num_calls = 0
 
     async def _create(self, **kwargs: Any) -> ChatCompletion:
         call = parse_call(kwargs, self.shared.sampling_params)
         full = self.shared.render(call.messages, call.tools, generation_prompt=True)
         branch, new_ids = self._plan(call, full)
+        sampling = call.sampling
+        seed = request_seed(self._num_calls)  # a seeded episode: one seed per model call
+        self._num_calls += 1
+        if seed is not None and sampling.seed is None:
+            sampling = dataclasses.replace(sampling, seed=seed)
         branch.busy = True
         try:
             with phase("inference"):
                 result = await self.shared.generate(
-                    [*branch.sample.input_ids, *new_ids], call.sampling, session_id=self.session_id
+                    [*branch.sample.input_ids, *new_ids], sampling, session_id=self.session_id
                 )
         finally:
             branch.busy = False

@@ -102,6 +102,8 @@ class _Row:
     output_logprobs: list[float] = field(default_factory=list)
     output_versions: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    generator: torch.Generator | None = None
+    """The request's own random source when it has a seed (made on first admission)."""
 
     @property
     def prefix(self) -> tuple[int, ...]:
@@ -473,8 +475,16 @@ class LocalEngine:
                 torch.tensor([s.top_k for s in sampling], dtype=torch.long, device=device),
                 torch.tensor([s.top_p for s in sampling], device=device),
                 self._generator,
+                [self._row_generator(r, device) for r in running.rows],
             )
             return running, running.last_tokens.tolist(), logprobs.tolist()
+
+    @staticmethod
+    def _row_generator(row: _Row, device: torch.device) -> torch.Generator | None:
+        seed = row.request.sampling.seed
+        if seed is not None and row.generator is None:
+            row.generator = torch.Generator(device=device).manual_seed(seed)
+        return row.generator
 
     def _forward(self, running: _Running, admitted: list[_Row]) -> torch.Tensor:
         """Decode the running rows and prefill the admitted ones; ``[B, V]`` logits."""

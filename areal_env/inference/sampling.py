@@ -12,6 +12,8 @@ shapes which tokens can be drawn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 _NEG_INF = float("-inf")
@@ -69,18 +71,35 @@ def top_p_filter(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(drop, _NEG_INF)
 
 
-def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample_from_logits(
+    logits: torch.Tensor,
+    generator: torch.Generator | None,
+    row_generators: Sequence[torch.Generator | None] | None = None,
+) -> torch.Tensor:
     """Draw one token per row from ``softmax(logits)``.
 
     Args:
         logits: ``[B, V]`` float logits; ``-inf`` entries are never drawn.
         generator: random source, so a seeded engine is reproducible.
+        row_generators: per row, its own random source (a request with a seed) or None
+            (the row draws from ``generator``); such a row's tokens do not depend on
+            which other rows share the batch.
 
     Returns:
         ``[B]`` long token ids.
     """
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    if row_generators is None or all(g is None for g in row_generators):
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    shared = [i for i, g in enumerate(row_generators) if g is None]
+    tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    if shared:
+        rows = torch.tensor(shared, device=probs.device)
+        tokens[rows] = torch.multinomial(probs[rows], 1, generator=generator).squeeze(-1)
+    for i, own in enumerate(row_generators):
+        if own is not None:
+            tokens[i] = torch.multinomial(probs[i], 1, generator=own)[0]
+    return tokens
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -115,6 +134,7 @@ def sample_next_tokens(
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     generator: torch.Generator | None,
+    row_generators: Sequence[torch.Generator | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose the next token of every row and its untruncated logprob.
 
@@ -124,6 +144,8 @@ def sample_next_tokens(
         top_k: ``[B]`` long; 0 disables top-k for that row.
         top_p: ``[B]`` float; 1 disables top-p for that row.
         generator: random source for the sampled rows.
+        row_generators: per-row random sources of seeded requests (see
+            :func:`sample_from_logits`).
 
     Returns:
         ``([B] long tokens, [B] float32 logprobs of log_softmax(logits / T))``.
@@ -138,5 +160,6 @@ def sample_next_tokens(
             filtered = top_k_filter(filtered, top_k)
         if bool(((top_p < 1) & ~is_greedy).any()):
             filtered = top_p_filter(filtered, top_p)
-        tokens = torch.where(is_greedy, tokens, sample_from_logits(filtered, generator))
+        sampled = sample_from_logits(filtered, generator, row_generators)
+        tokens = torch.where(is_greedy, tokens, sampled)
     return tokens, gather_logprobs(scaled, tokens)

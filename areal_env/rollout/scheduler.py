@@ -82,6 +82,7 @@ from areal_env.rollout.grouping import (
     first_matching_filter,
     task_seed_for,
 )
+from areal_env.rollout.seeding import EPISODE_SEED, mix
 from areal_env.rollout.staleness import AdmissionCounters, trajectory_staleness
 from areal_env.rollout.watchdog import stall_report
 from areal_env.types import EpisodeBatch, Trajectory
@@ -141,6 +142,10 @@ class RolloutConfig:
     watchdog_action: str = "warn"
     """After a report: "warn" (keep waiting, report again), "drop_stuck" (episodes in one
     phase for ``watchdog_s`` or more fail as "stuck"), or "stop" (the run ends, named)."""
+    deterministic: bool = False
+    """Each episode attempt samples with its own seed, derived from ``seed``, its group,
+    sample and attempt, so a run (and a resumed run) draws the same batches every time;
+    needs ``max_head_offpolicyness=0`` (with overlap, timing decides versions)."""
     seed: int = 0
     """Task seeds are derived from it and the group index."""
 
@@ -174,6 +179,12 @@ class RolloutConfig:
             raise ValueError(
                 f"rollout.watchdog_action must be one of {WATCHDOG_ACTIONS}, "
                 f"got {self.watchdog_action!r}"
+            )
+        if self.deterministic and self.max_head_offpolicyness != 0:
+            raise ValueError(
+                "rollout.deterministic needs rollout.max_head_offpolicyness=0: with overlap, "
+                "which weight version samples an episode depends on timing, got "
+                f"max_head_offpolicyness={self.max_head_offpolicyness}"
             )
         if self.filter_all_equal and self.n_samples < 2:
             raise ValueError(
@@ -380,7 +391,13 @@ class RolloutScheduler:
             await asyncio.gather(*members, return_exceptions=True)
 
     async def _run_member(self, g: int, task_seed: int, sample_index: int) -> EpisodeOutcome:
+        attempts = 0
+
         async def attempt() -> Trajectory:
+            nonlocal attempts
+            attempts += 1
+            if self.config.deterministic:  # the same tokens whatever the timing (seeding.py)
+                EPISODE_SEED.set(mix(self.config.seed, g, sample_index, attempts))
             # The watchdog reads (and may cancel) this attempt through its activity record.
             activity = EpisodeActivity(
                 label=f"group {g} (task seed {task_seed}) sample {sample_index}",

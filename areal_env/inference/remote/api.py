@@ -239,6 +239,8 @@ class VLLMAPI(ServerAPI):
             payload["top_k"] = sampling.top_k
         if sampling.stop:
             payload["stop"] = list(sampling.stop)
+        if sampling.seed is not None:  # vLLM's per-request seed
+            payload["seed"] = sampling.seed
         return payload
 
     @override
@@ -343,6 +345,8 @@ class SGLangAPI(ServerAPI):
         }
         if sampling.stop:
             params["stop"] = list(sampling.stop)
+        if sampling.seed is not None:  # SGLang's per-request seed
+            params["sampling_seed"] = sampling.seed
         payload = {
             "input_ids": list(input_ids),
             "sampling_params": params,
