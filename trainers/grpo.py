@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import gc
 import logging
 import sys
 import time
@@ -72,6 +73,10 @@ from areal_env.trainers.weight_sync import push_weights
 from areal_env.types import EpisodeBatch
 
 logger = logging.getLogger("areal_env.grpo")
+
+GC_THRESHOLDS = (50_000, 50, 100)
+"""``gc.set_threshold`` while a run lasts (Python's default: 700, 10, 10); measured in
+benchmarks/scheduler_scale.py (``--gc-threshold 50000``)."""
 
 EVAL_EPISODES_FILE = "eval_episodes.jsonl"
 """Under ``output_dir``: one line per episode of each evaluation during training."""
@@ -250,9 +255,16 @@ async def run(cfg: GRPOConfig, hooks: StepHooks | None = None) -> Path:
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     parts = build_components(cfg)
+    thresholds = gc.get_threshold()
+    # Each episode in flight keeps ~80 GC-tracked objects alive, and with the default
+    # thresholds every full collection walks all of them: 25-68% of the rollout driver's
+    # CPU at 100-10,000 episodes in flight, 3x less per episode with these
+    # (benchmarks/scheduler_scale.py). Cycles are still collected, only less often.
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         return await _run(cfg, parts, hooks or StepHooks())
     finally:  # the engine's worker and what envs shared are released on every path
+        gc.set_threshold(*thresholds)
         await parts.engine.close()
         await parts.resources.aclose()
 

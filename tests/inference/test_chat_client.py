@@ -502,3 +502,17 @@ def test_scripted_engine_satisfies_the_engine_protocol():
     from areal_env.inference.engine import InferenceEngine
 
     assert isinstance(ScriptedEngine(replies=[[1]]), InferenceEngine)
+
+
+def test_fast_decode_equals_the_tokenizers_decode(tok):
+    client = ChatClient(ScriptedEngine(replies=[[5]]), tok)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "héllo  <b>\n 12+3"}, {"role": "assistant", "content": "15"}],
+        tokenize=False,
+    )
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    assert tok.eos_token_id in ids  # special tokens are in the mix
+    for skip in (True, False):
+        assert client.decode(ids, skip_special_tokens=skip) == tok.decode(
+            ids, skip_special_tokens=skip
+        )
