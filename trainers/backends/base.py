@@ -6,6 +6,7 @@ A backend owns the trainable model and its optimizer on some device layout
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -88,6 +89,18 @@ class TrainBackend(Protocol):
     def load(self, path: str) -> None:
         """Restore what :meth:`save` wrote."""
         ...
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], config: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over ``params`` and its linear warm-up schedule, as every backend uses them."""
+    optimizer = torch.optim.AdamW(
+        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+    warm = max(config.warmup_steps, 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    return optimizer, schedule
 
 
 def needs_proximal_logprobs(loss_fn: LossFn) -> bool:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +47,13 @@ from areal_env.trainers.algorithms.losses.base import LossFn
 from areal_env.trainers.backends.base import (
     TrainConfig,
     gather_token_logprobs,
+    make_optimizer,
     masked_entropy_sum,
     micro_batch_inputs,
     needs_proximal_logprobs,
 )
 from areal_env.trainers.backends.prefix_sharing import forward_logits
+from areal_env.trainers.backends.rank_driven import RankZeroDriven
 from areal_env.types import EpisodeBatch, PaddedBatch
 
 EXTRA_FILE = "backend_extra.pt"
@@ -105,7 +106,7 @@ def _broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
-class FSDPBackend:
+class FSDPBackend(RankZeroDriven):
     """Trainable model sharded with FSDP2 over all ranks, + AdamW and LR schedule.
 
     Build it on every rank at the same time (rank 0 through ``make_backend``, the
@@ -146,59 +147,7 @@ class FSDPBackend:
         shard_model(model, config)
         self.model = model
         self.ref_model = ref_model
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-        )
-        warm = max(config.warmup_steps, 1)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm)
-        )
-        self._ops: dict[str, Callable[..., Any]] = {
-            "train_step": self._train_step,
-            "weights_for_sync": self._full_state_dict,
-            "save_weights": self._save_weights,
-            "save": self._save,
-            "load": self._load,
-        }
-
-    # --- the TrainBackend surface (rank 0 calls these; each brings the others along) ---
-
-    def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
-        """One update over ``rows`` (indices into ``batch.row_refs()``), as ``TorchBackend``."""
-        self._send("train_step", batch, loss_fn, rows)
-        return self._train_step(batch, loss_fn, rows)
-
-    def weights_for_sync(self) -> dict[str, torch.Tensor]:
-        """Full state dict on rank 0 (new tensors); {} on the other ranks."""
-        self._send("weights_for_sync")
-        return self._full_state_dict()
-
-    def save_weights(self, path: str) -> None:
-        """Rank 0 writes the full weights as an HF folder (safetensors + config)."""
-        self._send("save_weights", path)
-        self._save_weights(path)
-
-    def save(self, path: str) -> None:
-        """DCP checkpoint of model + optimizer under ``path``; LR schedule and ref by rank 0."""
-        self._send("save", path)
-        self._save(path)
-
-    def load(self, path: str) -> None:
-        """Restore what :meth:`save` wrote, onto any number of ranks (DCP reshards)."""
-        self._send("load", path)
-        self._load(path)
-
-    def _send(self, op: str, *args: Any) -> None:
-        if not self._lockstep:
-            distributed.send(op, *args)
-
-    def follow(self) -> None:
-        """Ranks other than 0: run rank 0's calls until it sends STOP."""
-        while True:
-            op, args = distributed.receive()
-            if op == distributed.STOP:
-                return
-            self._ops[op](*args)
+        self.optimizer, self.lr_schedule = make_optimizer(model.parameters(), config)
 
     # --- the collective work, run by every rank ---
 

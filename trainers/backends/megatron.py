@@ -75,6 +75,7 @@ from areal_env.trainers.algorithms.losses.base import LossFn, LossInputs
 from areal_env.trainers.backends.base import (
     TrainConfig,
     gather_token_logprobs,
+    make_optimizer,
     needs_proximal_logprobs,
 )
 from areal_env.trainers.backends.fsdp import _broadcast_module
@@ -85,6 +86,7 @@ from areal_env.trainers.backends.megatron_convert import (
     megatron_to_hf,
 )
 from areal_env.trainers.backends.prefix_sharing import forward_logits
+from areal_env.trainers.backends.rank_driven import RankZeroDriven
 from areal_env.types import EpisodeBatch, PaddedBatch
 
 EXTRA_FILE = "backend_extra.pt"
@@ -437,7 +439,7 @@ def _unshard(
     return torch.cat(parts, dim)
 
 
-class MegatronBackend:
+class MegatronBackend(RankZeroDriven):
     """The policy as a megatron-core ``GPTModel`` over TP x PP ranks, + AdamW and LR schedule.
 
     Build it on every rank at the same time (rank 0 through ``make_backend``, the
@@ -502,62 +504,7 @@ class MegatronBackend:
         self.split_dims: dict[str, int | None] = {}
         """Parameter name -> the dim it is split along over the TP group (None: replicated)."""
         self._load_hf_state(model.state_dict())
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=config.lr,
-            betas=config.betas,
-            weight_decay=config.weight_decay,
-        )
-        warm = max(config.warmup_steps, 1)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm)
-        )
-        self._ops: dict[str, Callable[..., Any]] = {
-            "train_step": self._train_step,
-            "weights_for_sync": self._full_state_dict,
-            "save_weights": self._save_weights,
-            "save": self._save,
-            "load": self._load,
-        }
-
-    # --- the TrainBackend surface (rank 0 calls these; each brings the others along) ---
-
-    def train_step(self, batch: EpisodeBatch, loss_fn: LossFn, rows: list[int]) -> dict[str, float]:
-        """One update over ``rows`` (indices into ``batch.row_refs()``), as ``TorchBackend``."""
-        self._send("train_step", batch, loss_fn, rows)
-        return self._train_step(batch, loss_fn, rows)
-
-    def weights_for_sync(self) -> dict[str, torch.Tensor]:
-        """Full HF-named state dict on rank 0 (new tensors); {} on the other ranks."""
-        self._send("weights_for_sync")
-        return self._full_state_dict()
-
-    def save_weights(self, path: str) -> None:
-        """Rank 0 writes the full weights as an HF folder (safetensors + config)."""
-        self._send("save_weights", path)
-        self._save_weights(path)
-
-    def save(self, path: str) -> None:
-        """HF weights, each rank's AdamW state, LR schedule and reference model under ``path``."""
-        self._send("save", path)
-        self._save(path)
-
-    def load(self, path: str) -> None:
-        """Restore what :meth:`save` wrote (same TP x PP layout)."""
-        self._send("load", path)
-        self._load(path)
-
-    def _send(self, op: str, *args: Any) -> None:
-        if not self._lockstep:
-            distributed.send(op, *args)
-
-    def follow(self) -> None:
-        """Ranks other than 0: run rank 0's calls until it sends STOP."""
-        while True:
-            op, args = distributed.receive()
-            if op == distributed.STOP:
-                return
-            self._ops[op](*args)
+        self.optimizer, self.lr_schedule = make_optimizer(self.model.parameters(), config)
 
     # --- weights: HF <-> this rank's shard ---
 

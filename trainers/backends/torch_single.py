@@ -26,6 +26,7 @@ from areal_env.trainers.algorithms.losses.base import LossFn
 from areal_env.trainers.backends.base import (
     TrainConfig,
     gather_token_logprobs,
+    make_optimizer,
     masked_entropy_sum,
     micro_batch_inputs,
     needs_proximal_logprobs,
@@ -66,16 +67,8 @@ class TorchBackend:
         self.ref_model = ref_model
         self.device = next(model.parameters()).device
         self._fingerprints: dict[str, str] = {}
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=config.lr,
-            betas=config.betas,
-            weight_decay=config.weight_decay,
-        )
-        warm = max(config.warmup_steps, 1)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm)
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer, self.lr_schedule = make_optimizer(trainable, config)
 
     def token_logprobs(
         self,
@@ -260,6 +253,20 @@ class TorchBackend:
             base.save_pretrained(Path(path), state_dict=merged_state_dict(self._peft))
             return
         self._hf_model().save_pretrained(Path(path))
+
+    def save_adapter(self, path: str) -> None:
+        """Only the LoRA adapter, in peft's format, for servers that apply it themselves.
+
+        ``adapter_config.json`` + ``adapter_model.safetensors``: what vLLM's
+        ``/v1/load_lora_adapter`` reads (``inference.lora_adapters``). Pushing it
+        instead of merged weights writes and loads megabytes, not the model.
+
+        Raises:
+            ValueError: the backend trains no adapter (``train.lora.rank`` is 0).
+        """
+        if not self.lora:
+            raise ValueError("save_adapter needs LoRA training: set train.lora.rank > 0")
+        self._peft.save_pretrained(Path(path))
 
     def _hf_model(self) -> Any:
         return self.model  # a transformers PreTrainedModel (nn.Module's typing hides it)
