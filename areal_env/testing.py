@@ -63,6 +63,21 @@ SMALL_RUN_OVERRIDES: tuple[str, ...] = (
 )
 """A short trainer run's rollout and metrics settings: two groups of four a step, no wandb."""
 
+PARITY_LEARNING_OVERRIDES: tuple[str, ...] = (
+    *TINY_MODEL_OVERRIDES,
+    f"env.id={PARITY_ENV_ID}",
+    "warm_start.enabled=false",
+    "inference.sampling.max_new_tokens=2",
+    "train.lr=3e-3",
+    "train.warmup_steps=0",
+    "checkpoint.every_steps=0",
+    "metrics.wandb_mode=disabled",
+    "metrics.progress=false",
+    "metrics.plot=false",
+)
+"""The learning tests' recipe (tests/slow): the tiny model on :class:`ParityEnv` from
+scratch, every group mixed from step 1; add the batch shape, steps and output_dir."""
+
 SMALL_WARM_START_OVERRIDES: tuple[str, ...] = (
     "warm_start.max_steps=4",
     "warm_start.eval_every=2",

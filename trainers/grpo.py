@@ -47,7 +47,7 @@ from areal_env.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from areal_env.config import load_config, to_yaml
+from areal_env.config import load_config
 from areal_env.episode_dump import EpisodeDumper
 from areal_env.eval import evaluate_in_training, training_eval_episode_fns
 from areal_env.inference.registry import start_engine
@@ -55,12 +55,11 @@ from areal_env.live_panel import LivePanel, live_panel_enabled
 from areal_env.metrics import MetricsLogger
 from areal_env.progress import progress_bar
 from areal_env.rollout.scheduler import RolloutScheduler
-from areal_env.trainers import distributed
 from areal_env.trainers.algorithms.advantages import compute_advantages
 from areal_env.trainers.algorithms.overlong import apply_overlong_penalty
 from areal_env.trainers.algorithms.presets import critic_preset_hint
 from areal_env.trainers.backends.base import TrainBackend
-from areal_env.trainers.backends.ranks import check_train_config, init_ranks, serve_main_rank
+from areal_env.trainers.backends.ranks import check_train_config, run_on_ranks
 from areal_env.trainers.backends.registry import make_backend
 from areal_env.trainers.build import Components, build_components, seed_everything
 from areal_env.trainers.config import GRPOConfig
@@ -338,22 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"config error: {e}{critic_preset_hint(str(e))}", file=sys.stderr)
         return 2
-    init_ranks(cfg)  # fsdp / megatron under torchrun: one process per rank
-    clean = False
-    try:
-        if not distributed.is_main():  # only trains, driven by rank 0; writes nothing
-            if cfg.torch_threads > 0:
-                torch.set_num_threads(cfg.torch_threads)
-            serve_main_rank(cfg)
-            clean = True
-            return 0
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
-        final = asyncio.run(run(cfg))
-        clean = True
-    finally:
-        distributed.shutdown(clean=clean)
+    # fsdp / megatron under torchrun: one process per rank, the others follow rank 0
+    final = run_on_ranks(cfg, lambda: asyncio.run(run(cfg)))
+    if final is None:
+        return 0
     print(f"done: metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}, final model in {final}")
     return 0
 

@@ -53,11 +53,12 @@ from pathlib import Path
 import torch
 
 from areal_env.checkpoint import Saveable
-from areal_env.config import load_config, to_yaml
+from areal_env.config import load_config
 from areal_env.trainers import grpo
 from areal_env.trainers.algorithms.gae import gae_advantages, whiten
-from areal_env.trainers.algorithms.presets import CRITIC_PRESETS, Preset, resolve_preset
+from areal_env.trainers.algorithms.presets import CRITIC_PRESETS
 from areal_env.trainers.backends.base import TrainBackend
+from areal_env.trainers.backends.ranks import run_on_ranks
 from areal_env.trainers.build import Components
 from areal_env.trainers.config import AlgorithmConfig, GRPOConfig
 from areal_env.trainers.critic import Critic, CriticConfig
@@ -84,23 +85,6 @@ class PPOAlgorithmConfig(AlgorithmConfig):
             self.resolved()
         except ValueError as e:
             raise ValueError(f"algorithm.{e}") from None
-
-    def resolved(self) -> Preset:
-        """The preset with the keys the user set replaced."""
-        return resolve_preset(
-            self.preset,
-            kl_coef=self.kl_coef,
-            kl_estimator=self.kl_estimator,
-            clip_low=self.clip_low,
-            clip_high=self.clip_high,
-            tau_pos=self.tau_pos,
-            tau_neg=self.tau_neg,
-            m2_threshold=self.m2_threshold,
-            icepop_low=self.icepop_low,
-            icepop_high=self.icepop_high,
-            overlong_buffer_frac=self.overlong_buffer_frac,
-            overlong_factor=self.overlong_factor,
-        )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -220,11 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    final = asyncio.run(grpo.run(cfg, CriticHooks(cfg.critic)))
-    print(f"done: metrics in {out / 'metrics.jsonl'}, final model in {final}")
+    final = run_on_ranks(cfg, lambda: asyncio.run(grpo.run(cfg, CriticHooks(cfg.critic))))
+    if final is None:
+        return 0
+    print(f"done: metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}, final model in {final}")
     return 0
 
 

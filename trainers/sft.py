@@ -41,17 +41,15 @@ from areal_env.config import (
     ModelConfig,
     load_config,
     resolve_device,
-    to_yaml,
 )
 from areal_env.data.chat_sft import TRUNCATION, load_chat_sft
 from areal_env.metrics import MetricsLogger, plot_metrics
 from areal_env.models.load import model_dir
 from areal_env.models.tiny import load_model_and_tokenizer
 from areal_env.progress import progress_bar
-from areal_env.trainers import distributed
 from areal_env.trainers.algorithms.losses.nll import nll_loss
 from areal_env.trainers.backends.base import TrainBackend, TrainConfig, gather_token_logprobs
-from areal_env.trainers.backends.ranks import check_train_config, init_ranks, serve_main_rank
+from areal_env.trainers.backends.ranks import check_train_config, run_on_ranks
 from areal_env.trainers.backends.registry import make_backend
 from areal_env.trainers.backends.torch_single import TorchBackend
 from areal_env.trainers.build import seed_everything
@@ -307,22 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    init_ranks(cfg)  # fsdp / megatron under torchrun: one process per rank
-    clean = False
-    try:
-        if not distributed.is_main():  # only trains, driven by rank 0; writes nothing
-            if cfg.torch_threads > 0:
-                torch.set_num_threads(cfg.torch_threads)
-            serve_main_rank(cfg)
-            clean = True
-            return 0
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
-        final = run(cfg)
-        clean = True
-    finally:
-        distributed.shutdown(clean=clean)
+    # fsdp / megatron under torchrun: one process per rank, the others follow rank 0
+    final = run_on_ranks(cfg, lambda: run(cfg))
+    if final is None:
+        return 0
     print(f"done: metrics in {Path(cfg.output_dir) / 'metrics.jsonl'}, final model in {final}")
     return 0
 

@@ -15,7 +15,7 @@ import statistics
 import pytest
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import PARITY_ENV_ID, TINY_MODEL_OVERRIDES, register_test_envs
+from areal_env.testing import PARITY_LEARNING_OVERRIDES, register_test_envs
 from areal_env.trainers import ppo
 
 STEPS = 40
@@ -26,20 +26,11 @@ def test_a_few_dozen_ppo_steps_raise_the_reward(tmp_path):
     register_test_envs()
     out = tmp_path / "run"
     argv = [
-        *TINY_MODEL_OVERRIDES,
-        f"env.id={PARITY_ENV_ID}",
-        "warm_start.enabled=false",
+        *PARITY_LEARNING_OVERRIDES,
         "rollout.batch_size=32",
         "rollout.n_samples=1",
         "rollout.max_concurrent_rollouts=16",
-        "inference.sampling.max_new_tokens=2",
         f"train.steps={STEPS}",
-        "train.lr=3e-3",
-        "train.warmup_steps=0",
-        "checkpoint.every_steps=0",
-        "metrics.wandb_mode=disabled",
-        "metrics.progress=false",
-        "metrics.plot=false",
         f"output_dir={out}",
     ]
     assert ppo.main(argv) == 0

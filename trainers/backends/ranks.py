@@ -10,8 +10,13 @@ Importing it imports neither megatron-core nor anything distributed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from areal_env.config import to_yaml
 from areal_env.trainers import distributed
 from areal_env.trainers.backends import fsdp
 from areal_env.trainers.backends import megatron as megatron_backend
@@ -39,6 +44,35 @@ def init_ranks(cfg: Any) -> None:
     if backend in MULTI_RANK_BACKENDS:
         options = cfg.train.fsdp if backend == "fsdp" else cfg.train.megatron
         distributed.init(timeout_s=options.timeout_s, device=cfg.model.device)
+
+
+def run_on_ranks(cfg: Any, run_main: Callable[[], Path]) -> Path | None:
+    """Run a trainer entry point on this rank: rank 0 trains, the others follow it.
+
+    Rank 0 writes ``output_dir/config.yaml`` and calls ``run_main`` (the whole run,
+    returning the final model's folder); any other rank only serves rank 0's
+    backend calls and writes nothing. The process group is torn down on every path.
+
+    Returns:
+        The final model's folder on rank 0; None on the other ranks.
+    """
+    init_ranks(cfg)
+    clean = False
+    try:
+        if not distributed.is_main():
+            if cfg.torch_threads > 0:
+                torch.set_num_threads(cfg.torch_threads)
+            serve_main_rank(cfg)
+            clean = True
+            return None
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+        final = run_main()
+        clean = True
+        return final
+    finally:
+        distributed.shutdown(clean=clean)
 
 
 def serve_main_rank(cfg: Any) -> None:
