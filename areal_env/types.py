@@ -465,7 +465,10 @@ class WeightUpdate:
     """New policy weights for an inference engine, and the version they carry.
 
     Exactly one of ``state_dict`` (in-process push) or ``path`` (a HF-format
-    folder on shared disk, for remote servers) is set.
+    folder on shared disk, for remote servers) is set. With ``adapter`` the
+    folder holds only a peft LoRA adapter (``adapter_config.json`` +
+    ``adapter_model.safetensors``) for servers that apply it on their frozen base
+    (``inference.lora_adapters``): megabytes to write and load instead of the model.
     """
 
     version: int
@@ -474,7 +477,16 @@ class WeightUpdate:
     """Parameter name -> tensor, for engines in the same process."""
     path: str | None = None
     """Folder with HF-format weights, for engines that load from disk."""
+    adapter: bool = False
+    """``path`` holds a peft LoRA adapter for the server's base model, not full weights."""
+    base_path: str | None = None
+    """With ``adapter``: HF-format base weights (adapters not merged) to load before the
+    adapter, when the servers may hold another base (the first push of a run)."""
 
     def __post_init__(self) -> None:
         if (self.state_dict is None) == (self.path is None):
             raise ValueError("WeightUpdate needs exactly one of state_dict or path")
+        if self.adapter and self.path is None:
+            raise ValueError("WeightUpdate(adapter=True) needs the adapter folder as path")
+        if self.base_path is not None and not self.adapter:
+            raise ValueError("WeightUpdate.base_path goes with adapter=True")

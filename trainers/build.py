@@ -104,6 +104,7 @@ def build_components(cfg: GRPOConfig) -> Components:
         model_path=path,
         output_dir=cfg.output_dir,
         load_model=lambda: copy.deepcopy(policy).eval(),
+        lora_rank=cfg.train.lora.rank,
     )
     engine = make_engine(cfg.inference, context)
     client = ChatClient(engine, tokenizer, sampling=cfg.inference.sampling)

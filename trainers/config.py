@@ -21,7 +21,7 @@ from areal_env.config import (
     TrainEvalConfig,
 )
 from areal_env.inference.chat_client import SamplingConfig
-from areal_env.inference.registry import InferenceConfig
+from areal_env.inference.registry import InferenceConfig, check_lora_adapters
 from areal_env.rollout.scheduler import RolloutConfig
 from areal_env.trainers.algorithms.decoupled import PROXIMAL_POLICIES, decoupled_loss
 from areal_env.trainers.algorithms.losses.base import LossFn
@@ -200,6 +200,8 @@ class GRPOConfig:
                 f"its advantage ({preset.advantage}) compares the episodes of a group, and a "
                 f"group of {self.rollout.n_samples} has nothing to compare"
             )
+        if self.inference.lora_adapters:
+            check_lora_adapters(self.train.lora.rank, self.train.lora.target_modules)
 
 
 def main() -> None:

@@ -28,8 +28,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from areal_env.types import GenerationRequest, GenerationResult, WeightUpdate
 
-WeightTransport = Literal["state_dict", "disk"]
-"""How new weights reach an engine: a tensor dict in this process, or an HF folder."""
+WeightTransport = Literal["state_dict", "disk", "lora_adapter"]
+"""How new weights reach an engine: a tensor dict in this process, an HF folder, or a
+folder with only a peft LoRA adapter (servers with ``inference.lora_adapters``)."""
 
 
 @runtime_checkable

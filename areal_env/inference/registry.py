@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,10 @@ class InferenceConfig:
     """Seconds launched servers may take to become healthy."""
     remote: RemoteEngineConfig = field(default_factory=RemoteEngineConfig)
     """Timeouts, retries and health checks of the server engines."""
+    lora_adapters: bool = False
+    """vllm with train.lora.rank > 0: push only the LoRA adapter, loaded by vLLM at run time
+    (launched servers get --enable-lora; attached ones must have it, see docs/inference.md),
+    instead of merged full weights."""
 
     def __post_init__(self) -> None:
         if self.backend not in ENGINES:
@@ -97,6 +101,36 @@ class InferenceConfig:
             raise ValueError(f"inference.servers must be http(s) URLs, got {bad}")
         if self.num_servers < 1:
             raise ValueError(f"inference.num_servers must be >= 1, got {self.num_servers}")
+        if self.lora_adapters and self.backend != "vllm":
+            raise ValueError(
+                "inference.lora_adapters=true needs inference.backend=vllm (run-time LoRA "
+                f"loading), got {self.backend!r}"
+            )
+
+
+VLLM_UNSUPPORTED_LORA_TARGETS = ("lm_head", "embed_tokens", "embed", "wte", "wpe")
+"""Modules whose adapters vLLM's run-time LoRA does not apply (output head, embeddings)."""
+
+
+def check_lora_adapters(rank: int, target_modules: Sequence[str]) -> None:
+    """Raise ValueError unless adapters of this LoRA config can be served by vLLM.
+
+    Checked where both ``inference.*`` and ``train.lora.*`` are visible (the
+    trainer's root config), so a run fails at start-up rather than at its first
+    weight push.
+    """
+    if rank <= 0:
+        raise ValueError(
+            "inference.lora_adapters=true needs LoRA training: set train.lora.rank > 0 "
+            "(or inference.lora_adapters=false)"
+        )
+    bad = [m for m in target_modules if m.rsplit(".", 1)[-1] in VLLM_UNSUPPORTED_LORA_TARGETS]
+    if bad:
+        raise ValueError(
+            f"inference.lora_adapters=true: vLLM does not apply LoRA adapters on {bad}; drop "
+            "them from train.lora.target_modules or set inference.lora_adapters=false "
+            "(merged full weights)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +144,9 @@ class EngineContext:
     """Server logs go under ``<output_dir>/servers``."""
     load_model: Callable[[], torch.nn.Module]
     """Loads (or copies) the model into this process; only the local engine calls it."""
+    lora_rank: int = 0
+    """The trainer's ``train.lora.rank`` (0: none); sizes vLLM's LoRA slots with
+    ``inference.lora_adapters``."""
 
 
 EngineFactory = Callable[[InferenceConfig, EngineContext], InferenceEngine]
@@ -127,6 +164,8 @@ def _local(config: InferenceConfig, context: EngineContext) -> InferenceEngine:
 
 def _remote(kind: str) -> EngineFactory:
     def factory(config: InferenceConfig, context: EngineContext) -> InferenceEngine:
+        if config.lora_adapters:
+            check_lora_adapters(context.lora_rank, ())
         launcher = _launcher(kind, config, context) if config.launch else None
         probe = list(context.tokenizer.encode(PROBE_TEXT, add_special_tokens=False))
         return RemoteEngine(
@@ -136,16 +175,21 @@ def _remote(kind: str) -> EngineFactory:
             update_mode=config.update_mode,  # type: ignore[arg-type]
             probe_ids=probe,
             launcher=launcher,
+            lora_adapters=config.lora_adapters,
         )
 
     return factory
 
 
 def _launcher(kind: str, config: InferenceConfig, context: EngineContext) -> Launcher:
-    from areal_env.inference.remote.launch import launch_servers
+    from areal_env.inference.remote.launch import LORA_SERVER_ENV, launch_servers, vllm_lora_args
 
     python = config.server_python or sys.executable
     max_len = config.max_model_len or _max_positions(context.model_path)
+    extra_args, env = list(config.server_args), None
+    if config.lora_adapters:
+        extra_args = [*vllm_lora_args(context.lora_rank), *extra_args]
+        env = LORA_SERVER_ENV
 
     async def launch() -> tuple[list[str], Callable[[], Any]]:
         group, urls = await launch_servers(
@@ -155,8 +199,9 @@ def _launcher(kind: str, config: InferenceConfig, context: EngineContext) -> Lau
             count=config.num_servers,
             log_dir=Path(context.output_dir) / "servers",
             max_model_len=max_len,
-            extra_args=config.server_args,
+            extra_args=extra_args,
             startup_timeout=config.startup_timeout,
+            env=env,
         )
         return urls, group.stop_all
 

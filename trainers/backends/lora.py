@@ -116,6 +116,18 @@ def merged_state_dict(peft_model: Any) -> dict[str, torch.Tensor]:
     return out
 
 
+def base_state_dict(peft_model: Any) -> dict[str, torch.Tensor]:
+    """The frozen base's state dict under its own names, without the adapters.
+
+    What a server that applies the adapter itself (``inference.lora_adapters``) must
+    hold underneath it; shared tensors, no copy.
+    """
+    base = peft_model.get_base_model()
+    return {
+        _plain_name(k): v.detach() for k, v in base.state_dict().items() if not _is_adapter_key(k)
+    }
+
+
 def weights_fingerprint(model: Any) -> str:
     """SHA-256 over a model's parameter names and bytes; for a peft model, its frozen base.
 

@@ -31,7 +31,12 @@ from areal_env.trainers.backends.base import (
     micro_batch_inputs,
     needs_proximal_logprobs,
 )
-from areal_env.trainers.backends.lora import merged_state_dict, weights_fingerprint, wrap_with_lora
+from areal_env.trainers.backends.lora import (
+    base_state_dict,
+    merged_state_dict,
+    weights_fingerprint,
+    wrap_with_lora,
+)
 from areal_env.trainers.backends.prefix_sharing import forward_logits
 from areal_env.types import EpisodeBatch, PaddedBatch
 
@@ -267,6 +272,21 @@ class TorchBackend:
         if not self.lora:
             raise ValueError("save_adapter needs LoRA training: set train.lora.rank > 0")
         self._peft.save_pretrained(Path(path))
+
+    def save_base(self, path: str) -> None:
+        """The frozen base model (no adapters merged) as an HF folder, for servers.
+
+        Servers that apply adapters themselves need this exact base under them; it
+        may differ from the folder they were launched on (a warm-started or resumed
+        base), so the first adapter push of a run carries it.
+
+        Raises:
+            ValueError: the backend trains no adapter (``train.lora.rank`` is 0).
+        """
+        if not self.lora:
+            raise ValueError("save_base needs LoRA training: set train.lora.rank > 0")
+        base = self._peft.get_base_model()
+        base.save_pretrained(Path(path), state_dict=base_state_dict(self._peft))
 
     def _hf_model(self) -> Any:
         return self.model  # a transformers PreTrainedModel (nn.Module's typing hides it)

@@ -87,8 +87,13 @@ class ServerAPI(ABC):
         payload: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         seconds: float | None = None,
+        plain: bool = False,
     ) -> Any:
-        """One HTTP call; JSON in, JSON out; every failure as a ``ServerError``."""
+        """One HTTP call; JSON in, JSON out; every failure as a ``ServerError``.
+
+        ``plain`` accepts a non-JSON success body (returned as text): vLLM's LoRA
+        routes answer ``Success: ...`` in plain text.
+        """
         limit = aiohttp.ClientTimeout(total=seconds or self.timeout)
         try:
             async with session.request(
@@ -105,6 +110,8 @@ class ServerAPI(ABC):
                 try:
                     return json.loads(text) if text else {}
                 except json.JSONDecodeError:
+                    if plain:
+                        return text
                     raise ServerError(
                         self.url,
                         f"{method} {path} answered non-JSON: {text[:200]!r}",
@@ -165,8 +172,13 @@ class ServerAPI(ABC):
         sampling: SamplingParams,
         max_new_tokens: int,
         request_id: str,
+        adapter: str | None = None,
     ) -> Chunk:
-        """Generate up to ``max_new_tokens`` after ``input_ids``."""
+        """Generate up to ``max_new_tokens`` after ``input_ids``.
+
+        ``adapter`` names a LoRA adapter loaded by :meth:`load_adapter` to generate
+        with (None: the base model).
+        """
 
     @abstractmethod
     async def pause(self, session: aiohttp.ClientSession) -> None:
@@ -186,6 +198,25 @@ class ServerAPI(ABC):
     @abstractmethod
     async def weight_version(self, session: aiohttp.ClientSession) -> str | None:
         """The weight version the server reports (None when it reports none)."""
+
+    async def check_lora(self, session: aiohttp.ClientSession) -> None:
+        """Raise ``ServerError`` unless the server can load LoRA adapters at run time."""
+        raise ServerError(
+            self.url,
+            f"{self.kind} servers do not load LoRA adapters here: set "
+            "inference.lora_adapters=false (or inference.backend=vllm)",
+            retryable=False,
+        )
+
+    async def load_adapter(
+        self, session: aiohttp.ClientSession, name: str, path: str, version: int
+    ) -> None:
+        """Load the peft adapter in ``path`` as ``name`` and record ``version``."""
+        await self.check_lora(session)
+
+    async def unload_adapter(self, session: aiohttp.ClientSession, name: str) -> None:
+        """Forget adapter ``name`` (no request may use it any more); absent is fine."""
+        await self.check_lora(session)
 
 
 class VLLMAPI(ServerAPI):
@@ -219,10 +250,11 @@ class VLLMAPI(ServerAPI):
         sampling: SamplingParams,
         max_new_tokens: int,
         request_id: str,
+        adapter: str | None = None,
     ) -> dict[str, Any]:
-        """The ``/v1/completions`` body of one generate call."""
+        """The ``/v1/completions`` body of one generate call (``model``: the adapter, if any)."""
         payload: dict[str, Any] = {
-            "model": self.model_name,
+            "model": adapter or self.model_name,
             "prompt": list(input_ids),
             "max_tokens": max_new_tokens,
             "temperature": sampling.temperature,
@@ -251,8 +283,9 @@ class VLLMAPI(ServerAPI):
         sampling: SamplingParams,
         max_new_tokens: int,
         request_id: str,
+        adapter: str | None = None,
     ) -> Chunk:
-        payload = self.completion_payload(input_ids, sampling, max_new_tokens, request_id)
+        payload = self.completion_payload(input_ids, sampling, max_new_tokens, request_id, adapter)
         body = await self._call(session, "POST", "/v1/completions", payload=payload)
         try:
             choice = body["choices"][0]
@@ -288,6 +321,69 @@ class VLLMAPI(ServerAPI):
         info = await self._call(session, "GET", "/weight_info", seconds=30)
         version = info.get("weight_version")
         return None if version is None else str(version)
+
+    @override
+    async def check_lora(self, session: aiohttp.ClientSession) -> None:
+        # Unloading an adapter that was never loaded is free: with the LoRA routes on it
+        # answers vLLM's own "cannot be found"; without them, FastAPI's bare "Not Found".
+        try:
+            await self._call(
+                session,
+                "POST",
+                "/v1/unload_lora_adapter",
+                payload={"lora_name": "areal-lora-probe"},
+                seconds=30,
+                plain=True,
+            )
+        except ServerError as e:
+            if e.status == 404 and "cannot be found" in str(e):
+                return
+            if e.status == 404:
+                raise ServerError(self.url, LORA_SERVER_HINT, retryable=False) from e
+            raise
+
+    @override
+    async def load_adapter(
+        self, session: aiohttp.ClientSession, name: str, path: str, version: int
+    ) -> None:
+        body = {"lora_name": name, "lora_path": path, "load_inplace": True}
+        try:
+            await self._call(session, "POST", "/v1/load_lora_adapter", payload=body, plain=True)
+        except ServerError as e:
+            if e.status is None:
+                raise  # unreachable or timed out: not a question of flags
+            raise ServerError(
+                self.url,
+                f"could not load LoRA adapter {name!r} from {path}: {e} ({LORA_SERVER_HINT})",
+                retryable=False,
+                status=e.status,
+            ) from e
+        await self._call(
+            session, "POST", "/update_weight_version", payload={"new_version": str(version)}
+        )
+
+    @override
+    async def unload_adapter(self, session: aiohttp.ClientSession, name: str) -> None:
+        try:
+            await self._call(
+                session,
+                "POST",
+                "/v1/unload_lora_adapter",
+                payload={"lora_name": name},
+                seconds=30,
+                plain=True,
+            )
+        except ServerError as e:
+            if e.status != 404:  # 404: already gone (e.g. the server restarted)
+                raise
+
+
+LORA_SERVER_HINT = (
+    "inference.lora_adapters=true needs vLLM servers started with --enable-lora "
+    "--max-lora-rank <>= train.lora.rank> --max-loras 2 and the environment variable "
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (inference.launch=true does this)"
+)
+"""What an attached vLLM server needs for run-time LoRA adapters (named in errors)."""
 
 
 class SGLangAPI(ServerAPI):
@@ -332,7 +428,10 @@ class SGLangAPI(ServerAPI):
         sampling: SamplingParams,
         max_new_tokens: int,
         request_id: str,
+        adapter: str | None = None,
     ) -> Chunk:
+        if adapter is not None:
+            await self.check_lora(session)  # raises: no run-time adapters on SGLang here
         params: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "temperature": sampling.temperature,

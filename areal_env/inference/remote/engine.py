@@ -30,6 +30,15 @@ weights reports another version, so it reloads the latest before it is trusted.
 and loads it on every available server; the version moves only once all of
 them hold it. (NCCL broadcast for GPU clusters belongs behind the same call:
 ``weight_transports`` would then list it first.)
+
+**LoRA adapters (vLLM, ``lora_adapters``).** A LoRA run need not ship merged
+weights: an update that holds only a peft adapter is loaded on every server
+as ``policy-v<version>`` (``/v1/load_lora_adapter``) and, once all hold it, new
+chunks ask for that name as their ``model``, read together with the version,
+so an interrupted request continues on the new adapter and each token keeps
+the right version. The previous adapter is unloaded only once no chunk in
+flight still names it (one sent just before the pause may reach the server
+after the update), and a rejoining server loads the latest adapter.
 """
 
 from __future__ import annotations
@@ -133,6 +142,12 @@ class RemoteEngine:
             serves the same model; None skips the check.
         launcher: starts servers at :meth:`start` and stops them at :meth:`close`.
         version: the version of the weights the servers start with.
+        lora_adapters: updates may be LoRA adapters applied on the servers' base
+            model (vLLM only; servers need run-time LoRA, checked at start).
+
+    Raises:
+        ValueError: an unknown kind or update mode, no servers, or ``lora_adapters``
+            on a kind that cannot load adapters.
     """
 
     def __init__(
@@ -145,11 +160,17 @@ class RemoteEngine:
         probe_ids: Sequence[int] | None = None,
         launcher: Launcher | None = None,
         version: int = 0,
+        lora_adapters: bool = False,
     ) -> None:
         if kind not in SERVER_APIS:
             raise ValueError(f"unknown server kind {kind!r}; known: {sorted(SERVER_APIS)}")
         if update_mode not in ("interrupt", "drain"):
             raise ValueError(f"update_mode must be 'interrupt' or 'drain', got {update_mode!r}")
+        if lora_adapters and kind != "vllm":
+            raise ValueError(
+                f"inference.lora_adapters=true needs inference.backend=vllm, got {kind!r} "
+                "(SGLang adapters are not supported here)"
+            )
         if not urls and launcher is None:
             raise ValueError(
                 "a remote engine needs servers: set inference.servers=[http://...] or "
@@ -169,6 +190,15 @@ class RemoteEngine:
         self._initial_version = version
         self._epoch = 0
         self._latest_path: str | None = None
+        self.lora_adapters = lora_adapters
+        self._adapter: str | None = None
+        """Name of the adapter new chunks generate with (None: the base weights)."""
+        self._latest_adapter = False
+        self._base_path: str | None = None
+        """Full weights under the adapters (None: the servers' own start-up model)."""
+        self._base_pushed = False
+        self._adapter_users: dict[str | None, int] = {}
+        self._loaded: dict[Server, set[str]] = {}
         self._paused = False
         self._closed = False
         self._pending: dict[str, _Pending] = {}
@@ -188,8 +218,23 @@ class RemoteEngine:
 
     @property
     def weight_transports(self) -> tuple[WeightTransport, ...]:
-        """Servers in other processes load HF-format folders from disk."""
-        return ("disk",)
+        """Servers in other processes load HF-format folders (or LoRA adapters) from disk."""
+        return ("lora_adapter", "disk") if self.lora_adapters else ("disk",)
+
+    @property
+    def needs_base(self) -> bool:
+        """The next adapter update should carry the base weights (``WeightUpdate.base_path``).
+
+        True until the first adapter update of this engine brought one: the servers
+        start on the model folder, the trainer's base may be another (warm-started,
+        resumed), and an adapter is only right on its own base.
+        """
+        return self.lora_adapters and not self._base_pushed
+
+    @property
+    def adapter(self) -> str | None:
+        """The LoRA adapter new chunks generate with (None: the servers' base weights)."""
+        return self._adapter
 
     @property
     def servers(self) -> list[Server]:
@@ -266,10 +311,11 @@ class RemoteEngine:
                         raise self._give_up(request, retries, last_error or "no server available")
                     await self._backoff(retries)
                     continue
-                version, epoch = self._version, self._epoch  # fixed before the send
+                # fixed before the send; the adapter always matches the version
+                version, epoch, adapter = self._version, self._epoch, self._adapter
                 part += 1
                 try:
-                    chunk = await self._send(server, pending, request, ids, budget, part)
+                    chunk = await self._send(server, pending, request, ids, budget, part, adapter)
                 except asyncio.CancelledError:
                     if _cancelling():
                         raise  # our caller cancelled us
@@ -317,14 +363,23 @@ class RemoteEngine:
         """Load ``update.path`` on every available server, then move the version.
 
         Servers that fail to load are taken out of rotation (they rejoin after
-        reloading); the update fails only when no server could load it.
+        reloading); the update fails only when no server could load it. With
+        ``update.adapter`` the folder is a LoRA adapter, loaded as
+        ``policy-v<version>``; new chunks generate with it from then on.
 
         Raises:
-            ValueError: the update is a state dict (servers load from disk).
+            ValueError: the update is a state dict (servers load from disk), or an
+                adapter for an engine without ``lora_adapters``.
             RuntimeError: no server loaded the weights.
         """
         if update.path is None:
             raise ValueError("a remote engine loads weights from disk: give WeightUpdate a path")
+        if update.adapter and not self.lora_adapters:
+            raise ValueError(
+                "a LoRA adapter update needs inference.lora_adapters=true (servers started "
+                "with run-time LoRA)"
+            )
+        name = adapter_name(update.version) if update.adapter else None
         await self.start()
         async with self._update_lock:
             was_paused = self._paused
@@ -334,7 +389,7 @@ class RemoteEngine:
                 self._epoch += 1  # from here on, returning chunks may straddle the load
                 targets = [s for s in self._servers if s.healthy]
                 results = await asyncio.gather(
-                    *(self._load(s, update.path, update.version) for s in targets),
+                    *(self._load(s, update, name) for s in targets),
                     return_exceptions=True,
                 )
                 errors = {s.url: r for s, r in zip(targets, results, strict=True) if r is not None}
@@ -344,9 +399,16 @@ class RemoteEngine:
                         f"{update.path}: {errors or 'no healthy server'}"
                     )
                 self._version = update.version
+                self._adapter = name
                 self._latest_path = update.path
+                self._latest_adapter = update.adapter
+                if update.base_path is not None:
+                    self._base_path, self._base_pushed = update.base_path, True
+                elif not update.adapter:
+                    self._base_path = update.path
                 for server in self._servers:
                     server.trusted = server in targets and server.url not in errors
+                self._unload_stale()
             finally:
                 if not was_paused:
                     await self.resume()
@@ -414,6 +476,7 @@ class RemoteEngine:
         ids: list[int],
         budget: int,
         part: int,
+        adapter: str | None = None,
     ) -> Chunk:
         assert self._session is not None
         prompt = [*request.input_ids, *ids]
@@ -423,6 +486,7 @@ class RemoteEngine:
             request.sampling,
             budget - len(ids),
             f"{request.request_id}-{part}",
+            adapter,
         )
         task: asyncio.Task[Chunk] = asyncio.ensure_future(call)
         pending.task = task
@@ -431,6 +495,7 @@ class RemoteEngine:
         self._sends += 1
         self._drained.clear()
         self.stats.chunks += 1
+        self._adapter_users[adapter] = self._adapter_users.get(adapter, 0) + 1
         try:
             return await task
         finally:
@@ -439,6 +504,11 @@ class RemoteEngine:
             self._sends -= 1
             if self._sends == 0:
                 self._drained.set()
+            self._adapter_users[adapter] -= 1
+            if not self._adapter_users[adapter]:
+                del self._adapter_users[adapter]
+            if adapter is not None and adapter != self._adapter:
+                self._unload_stale()  # maybe the last chunk of an old adapter
 
     def _trust(self, chunk: Chunk, epoch: int) -> bool:
         """Whether ``chunk``'s tokens surely came from the version read at its send."""
@@ -478,17 +548,49 @@ class RemoteEngine:
             await asyncio.sleep(0.5)
         try:
             await api.identify(self._session, self._probe_ids)
+            if self.lora_adapters:
+                await api.check_lora(self._session)
         except ServerError as e:
             raise ServerStartupError(f"{self.kind} server {e}") from e
 
-    async def _load(self, server: Server, path: str, version: int) -> None:
-        assert self._session is not None
+    async def _load(self, server: Server, update: WeightUpdate, adapter: str | None) -> None:
+        assert self._session is not None and update.path is not None
         try:
-            await server.api.load_weights(self._session, path, version)
+            if update.base_path is not None:
+                await server.api.load_weights(self._session, update.base_path, update.version)
+            await self._load_on(server, update.path, update.version, adapter)
         except ServerError:
             self.stats.load_failures += 1
             self._take_down(server, "failed to load weights")
             raise
+
+    async def _load_on(self, server: Server, path: str, version: int, adapter: str | None) -> None:
+        """Load full weights, or the adapter ``adapter``, on one server."""
+        assert self._session is not None
+        if adapter is None:
+            await server.api.load_weights(self._session, path, version)
+            return
+        await server.api.load_adapter(self._session, adapter, path, version)
+        self._loaded.setdefault(server, set()).add(adapter)
+
+    def _unload_stale(self) -> None:
+        """Unload, on every server, adapters that are not current and no chunk names."""
+        if self._loop is None or self._closed:
+            return
+        for server, names in self._loaded.items():
+            for name in sorted(names):
+                if name != self._adapter and self._adapter_users.get(name, 0) == 0:
+                    names.discard(name)
+                    task = self._loop.create_task(self._unload(server, name))
+                    self._checks.add(task)
+                    task.add_done_callback(self._checks.discard)
+
+    async def _unload(self, server: Server, name: str) -> None:
+        assert self._session is not None
+        try:
+            await server.api.unload_adapter(self._session, name)
+        except ServerError as e:  # harmless: vLLM evicts unused adapters itself
+            logger.warning("%s server %s: unloading %s failed: %s", self.kind, server.url, name, e)
 
     async def _pause_server(self, server: Server) -> None:
         assert self._session is not None
@@ -551,7 +653,14 @@ class RemoteEngine:
                             "has been pushed to reload",
                             retryable=False,
                         )
-                    await server.api.load_weights(self._session, self._latest_path, self._version)
+                    adapter = self._adapter if self._latest_adapter else None
+                    if adapter is not None:
+                        self._loaded[server] = set()  # a restarted server holds none
+                        if self._base_path is not None:  # the base under the adapter first
+                            await server.api.load_weights(
+                                self._session, self._base_path, self._version
+                            )
+                    await self._load_on(server, self._latest_path, self._version, adapter)
                 if self.update_mode == "interrupt":
                     await server.api.resume(self._session)  # it may have been paused by us
             except ServerError as e:
@@ -595,6 +704,11 @@ class RemoteEngine:
         if self._monitor is None or self._monitor.done():
             assert self._loop is not None
             self._monitor = self._loop.create_task(self._watch(), name="RemoteEngine-health")
+
+
+def adapter_name(version: int) -> str:
+    """The name a LoRA adapter of weight ``version`` is loaded and requested under."""
+    return f"policy-v{version}"
 
 
 def _cancelling() -> bool:

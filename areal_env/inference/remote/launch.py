@@ -84,6 +84,32 @@ def vllm_command(
     ]  # fmt: skip
 
 
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts for ``--max-lora-rank`` (``MaxLoRARanks`` in vllm/config/lora.py)."""
+
+LORA_SERVER_ENV: dict[str, str] = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+"""Environment of vLLM servers that load adapters at run time (adds the load/unload routes)."""
+
+
+def vllm_lora_args(rank: int) -> list[str]:
+    """The vLLM flags for run-time LoRA adapters of ``rank`` (``inference.lora_adapters``).
+
+    ``--max-lora-rank`` is the smallest value vLLM accepts that holds ``rank``;
+    ``--max-loras 2`` lets the old and the new adapter coexist while requests of
+    the old version finish during a switch.
+
+    Raises:
+        ValueError: ``rank`` < 1 or above vLLM's largest supported rank.
+    """
+    fitting = [r for r in VLLM_MAX_LORA_RANKS if r >= rank]
+    if rank < 1 or not fitting:
+        raise ValueError(
+            f"train.lora.rank={rank} cannot be served by vLLM with inference.lora_adapters "
+            f"(supported ranks: 1..{VLLM_MAX_LORA_RANKS[-1]})"
+        )
+    return ["--enable-lora", "--max-lora-rank", str(fitting[0]), "--max-loras", "2"]
+
+
 def sglang_command(
     python: str, model: str, *, host: str, port: int, max_model_len: int, extra_args: Sequence[str]
 ) -> list[str]:
@@ -383,10 +409,12 @@ async def launch_servers(
     extra_args: Sequence[str] = (),
     host: str = "127.0.0.1",
     startup_timeout: float = 900.0,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[ServerGroup, list[str]]:
     """Start ``count`` servers on free ports, wait until all are healthy.
 
-    Logs go to ``log_dir/<kind>-<i>.log``. On any failure (or cancellation) every
+    Logs go to ``log_dir/<kind>-<i>.log``; ``env`` is added to every server's
+    environment (on top of :data:`SERVER_ENV`). On any failure (or cancellation) every
     server started here is stopped before the error propagates.
 
     Returns:
@@ -411,7 +439,7 @@ async def launch_servers(
                 python, model, host=host, port=port, max_model_len=max_model_len,
                 extra_args=extra_args,
             )  # fmt: skip
-            group.start(cmd, Path(log_dir) / f"{kind}-{i}.log", host=host, port=port)
+            group.start(cmd, Path(log_dir) / f"{kind}-{i}.log", host=host, port=port, env=env)
         await group.wait_all_healthy(startup_timeout)
     except BaseException:
         group.stop_all()
@@ -420,7 +448,9 @@ async def launch_servers(
 
 
 __all__ = [
+    "LORA_SERVER_ENV",
     "SERVER_ENV",
+    "VLLM_MAX_LORA_RANKS",
     "ServerGroup",
     "ServerProcess",
     "check_server_python",
@@ -428,4 +458,5 @@ __all__ = [
     "launch_servers",
     "sglang_command",
     "vllm_command",
+    "vllm_lora_args",
 ]

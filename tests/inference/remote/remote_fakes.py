@@ -13,6 +13,13 @@ Behaviour knobs: ``token_delay`` (seconds per token), ``arrival_delay``
 ``hang`` (every route sleeps forever), ``fail_next`` (HTTP status for the next
 N generate calls), ``stop()``/``start()`` to kill and restart (a restart
 forgets loaded weights, like a real server started from the base model).
+
+vLLM's run-time LoRA: with ``lora=True`` (the server's
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING``) ``/v1/load_lora_adapter`` and
+``/v1/unload_lora_adapter`` exist; an adapter loaded from ``.../v00000N`` makes
+the requests that name it as ``model`` generate with weights ``N``; an unknown
+``model`` is a 404, as in vLLM. ``lora_enabled=False`` with ``lora=True``
+mimics a server started without ``--enable-lora`` (loads fail with vLLM's text).
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class FakeServer(HTTPService):
         token_delay: float = 0.0,
         arrival_delay: float = 0.0,
         probe_ids: list[int] | None = None,
+        lora: bool = False,
+        lora_enabled: bool = True,
     ) -> None:
         super().__init__(port=port)
         self.kind = kind
@@ -67,11 +76,16 @@ class FakeServer(HTTPService):
         self.fail_next: list[int] = []
         self.requests: list[dict[str, Any]] = []
         self.loads: list[str] = []
+        self.lora = lora
+        self.lora_enabled = lora_enabled
+        self.adapter_loads: list[tuple[str, str]] = []
+        self.adapter_unloads: list[str] = []
         self._reset_state()
 
     def _reset_state(self) -> None:
         self.weights = 0
         self.weight_version: str | None = "default" if self.kind == "vllm" else None
+        self.adapters: dict[str, int] = {}
         self.paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -102,6 +116,9 @@ class FakeServer(HTTPService):
             add.add_post("/collective_rpc", self._collective_rpc)
             add.add_post("/update_weight_version", self._update_weight_version)
             add.add_get("/weight_info", self._weight_info)
+            if self.lora:
+                add.add_post("/v1/load_lora_adapter", self._load_lora)
+                add.add_post("/v1/unload_lora_adapter", self._unload_lora)
         else:
             add.add_get("/model_info", self._model_info)
             add.add_post("/generate", self._generate)
@@ -155,6 +172,35 @@ class FakeServer(HTTPService):
         self.loads.append(path)
         return web.json_response({"results": [None]})
 
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name, path = body["lora_name"], body["lora_path"]
+        if not self.lora_enabled:
+            message = "LoRA is not enabled. Use --enable-lora to enable LoRA."
+            return web.json_response({"error": {"message": message, "code": 500}}, status=500)
+        if name in self.adapters and not body.get("load_inplace", False):
+            message = f"The lora adapter '{name}' has already been loaded."
+            return web.json_response({"error": {"message": message, "code": 400}}, status=400)
+        self.adapters[name] = weights_id(path)
+        self.adapter_loads.append((name, path))
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name = body["lora_name"]
+        if name not in self.adapters:
+            message = f"The lora adapter '{name}' cannot be found."
+            return web.json_response({"error": {"message": message, "code": 404}}, status=404)
+        del self.adapters[name]
+        self.adapter_unloads.append(name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+    def _weights_of(self, model: str | None) -> int:
+        """The weights a request for ``model`` runs on; KeyError for an unknown model."""
+        if model is None or model == "policy":
+            return self.weights
+        return self.adapters[model]
+
     async def _update_weight_version(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.weight_version = body["new_version"]
@@ -172,9 +218,12 @@ class FakeServer(HTTPService):
 
     # ---- generation -----------------------------------------------------------------
 
-    async def _run(self, prompt: list[int], max_tokens: int, stops: list[int]) -> tuple:
+    async def _run(
+        self, prompt: list[int], max_tokens: int, stops: list[int], model: str | None = None
+    ) -> tuple:
         if self.arrival_delay:
             await asyncio.sleep(self.arrival_delay)
+        self._weights_of(model)  # the model name is resolved on arrival (KeyError: unknown)
         await self._resumed.wait()  # held while paused, like the real servers
         epoch = self._abort_epoch
         ids: list[int] = []
@@ -189,7 +238,7 @@ class FakeServer(HTTPService):
                 break
             last = next_token(last)
             ids.append(last)
-            logprobs.append(weights_logprob(self.weights))
+            logprobs.append(weights_logprob(self._weights_of(model)))
             if last in stops:
                 reason = "stop"
                 break
@@ -215,9 +264,13 @@ class FakeServer(HTTPService):
                 {"error": {"message": "This model's maximum context length is 4096 tokens"}},
                 status=400,
             )
-        ids, logprobs, reason = await self._run(
-            prompt, body["max_tokens"], body.get("stop_token_ids", [])
-        )
+        try:
+            ids, logprobs, reason = await self._run(
+                prompt, body["max_tokens"], body.get("stop_token_ids", []), body.get("model")
+            )
+        except KeyError:
+            message = f"The model `{body.get('model')}` does not exist."
+            return web.json_response({"error": {"message": message, "code": 404}}, status=404)
         choice = {
             "index": 0,
             "text": "",
