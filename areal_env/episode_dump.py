@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from areal_env.eval import to_jsonable
+from areal_env.evaluation import to_jsonable
 from areal_env.types import EpisodeBatch, Sample, Trajectory
 
 __all__ = ["EPISODES_FILE", "EpisodeDumper", "episode_record", "pick_episodes", "read_episodes"]

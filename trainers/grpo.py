@@ -49,7 +49,7 @@ from areal_env.checkpoint import (
 )
 from areal_env.config import load_config
 from areal_env.episode_dump import EpisodeDumper
-from areal_env.eval import evaluate_in_training, training_eval_episode_fns
+from areal_env.evaluation import evaluate_in_training
 from areal_env.inference.registry import start_engine
 from areal_env.live_panel import LivePanel, live_panel_enabled
 from areal_env.metrics import MetricsLogger
@@ -63,6 +63,7 @@ from areal_env.trainers.backends.ranks import check_train_config, run_on_ranks
 from areal_env.trainers.backends.registry import make_backend
 from areal_env.trainers.build import Components, build_components, seed_everything
 from areal_env.trainers.config import GRPOConfig
+from areal_env.trainers.training_eval import training_eval_episode_fns
 from areal_env.trainers.warm_start import (
     restore_warm_started_base,
     save_warm_started_base,

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from areal_env.config import TrainEvalConfig, load_config
-from areal_env.eval import evaluate_in_training, training_eval_episode_fns
+from areal_env.evaluation import evaluate_in_training
 from areal_env.inference.registry import start_engine
 from areal_env.metrics import read_metrics
 from areal_env.testing import (
@@ -20,6 +20,7 @@ from areal_env.testing import (
 from areal_env.trainers import grpo
 from areal_env.trainers.build import build_components
 from areal_env.trainers.config import GRPOConfig
+from areal_env.trainers.training_eval import training_eval_episode_fns
 
 RUN = [
     *TINY_MODEL_OVERRIDES,
