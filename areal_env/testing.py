@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +78,20 @@ PARITY_LEARNING_OVERRIDES: tuple[str, ...] = (
 )
 """The learning tests' recipe (tests/slow): the tiny model on :class:`ParityEnv` from
 scratch, every group mixed from step 1; add the batch shape, steps and output_dir."""
+
+
+def assert_reward_rose(rows: Sequence[dict[str, Any]], *, by: float, window: int = 5) -> None:
+    """Fail unless the mean reward of the last ``window`` steps beats the first's by ``by``.
+
+    ``rows`` are a run's metrics rows (``areal_env.metrics.read_metrics``): the check
+    of the learning tests (tests/slow).
+    """
+    rewards = [r["rollout/reward_mean"] for r in rows]
+    first, last = statistics.fmean(rewards[:window]), statistics.fmean(rewards[-window:])
+    assert last > first + by, (
+        f"reward did not rise: first {window} steps {first:.2f}, last {window} {last:.2f}"
+    )
+
 
 SMALL_WARM_START_OVERRIDES: tuple[str, ...] = (
     "warm_start.max_steps=4",

@@ -10,12 +10,10 @@ About 15 s on 2 CPU cores.
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
 from areal_env.metrics import read_metrics
-from areal_env.testing import PARITY_LEARNING_OVERRIDES, register_test_envs
+from areal_env.testing import PARITY_LEARNING_OVERRIDES, assert_reward_rose, register_test_envs
 from areal_env.trainers import ppo
 
 STEPS = 40
@@ -35,7 +33,5 @@ def test_a_few_dozen_ppo_steps_raise_the_reward(tmp_path):
     ]
     assert ppo.main(argv) == 0
     rows = read_metrics(out / "metrics.jsonl")
-    rewards = [r["rollout/reward_mean"] for r in rows]
-    first, last = statistics.fmean(rewards[:5]), statistics.fmean(rewards[-5:])
-    assert last > first + 0.25, f"reward did not rise: first 5 steps {first:.2f}, last 5 {last:.2f}"
+    assert_reward_rose(rows, by=0.25)
     assert all("critic/loss" in r for r in rows), "the critic did not train every step"

@@ -29,7 +29,6 @@ How the ranks work together (see also ``docs/distributed.md``):
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from areal_env.trainers.backends.base import (
     needs_proximal_logprobs,
 )
 from areal_env.trainers.backends.prefix_sharing import forward_logits
-from areal_env.trainers.backends.rank_driven import RankZeroDriven
+from areal_env.trainers.backends.rank_driven import RankZeroDriven, follow_rank_zero
 from areal_env.types import EpisodeBatch, PaddedBatch
 
 EXTRA_FILE = "backend_extra.pt"
@@ -357,30 +356,5 @@ class FSDPBackend(RankZeroDriven):
 
 
 def serve_main_rank(cfg: Any) -> None:
-    """What a rank other than 0 runs for a whole trainer run.
-
-    It waits for rank 0's ``setup`` (sent when rank 0 builds its backend, after
-    the warm start), loads the same model (its weights are then replaced by
-    rank 0's), builds its half of :class:`FSDPBackend` and follows rank 0's
-    calls until STOP. No engine, env, scheduler or output file exists here.
-
-    Args:
-        cfg: the run's config (a GRPOConfig: ``model``, ``train``, ``output_dir``).
-    """
-    from areal_env.config import resolve_device
-    from areal_env.models.load import model_dir
-    from areal_env.models.tiny import load_model_and_tokenizer
-
-    op, args = distributed.receive()
-    if op == distributed.STOP:
-        return
-    if op != "setup":
-        raise RuntimeError(f"rank {distributed.rank()}: expected setup from rank 0, got {op!r}")
-    setup = args[0]
-    path = model_dir(cfg.model, cfg.output_dir)  # rank 0 built it before sending setup
-    model, _ = load_model_and_tokenizer(
-        path, dtype=cfg.model.dtype, device=resolve_device(cfg.model.device)
-    )
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if setup["ref_model"] else None
-    backend = FSDPBackend(model, cfg.train, pad_id=setup["pad_id"], ref_model=ref)
-    backend.follow()
+    """What a rank other than 0 runs: its FSDPBackend follows rank 0 (``follow_rank_zero``)."""
+    follow_rank_zero(cfg, FSDPBackend)

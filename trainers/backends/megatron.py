@@ -59,7 +59,6 @@ What was verified, and where (``tests/trainers/test_megatron_backend.py``):
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -86,7 +85,7 @@ from areal_env.trainers.backends.megatron_convert import (
     megatron_to_hf,
 )
 from areal_env.trainers.backends.prefix_sharing import forward_logits
-from areal_env.trainers.backends.rank_driven import RankZeroDriven
+from areal_env.trainers.backends.rank_driven import RankZeroDriven, follow_rank_zero
 from areal_env.types import EpisodeBatch, PaddedBatch
 
 EXTRA_FILE = "backend_extra.pt"
@@ -819,30 +818,5 @@ class MegatronBackend(RankZeroDriven):
 
 
 def serve_main_rank(cfg: Any) -> None:
-    """What a rank other than 0 runs for a whole ``train.backend=megatron`` run.
-
-    As :func:`areal_env.trainers.backends.fsdp.serve_main_rank`: wait for rank 0's
-    ``setup``, load the same model (rank 0's weights then replace it), build this
-    rank's :class:`MegatronBackend` and follow rank 0's calls until STOP.
-
-    Args:
-        cfg: the run's config (a GRPOConfig: ``model``, ``train``, ``output_dir``).
-    """
-    from areal_env.config import resolve_device
-    from areal_env.models.load import model_dir
-    from areal_env.models.tiny import load_model_and_tokenizer
-
-    op, args = distributed.receive()
-    if op == distributed.STOP:
-        return
-    if op != "setup":
-        raise RuntimeError(f"rank {distributed.rank()}: expected setup from rank 0, got {op!r}")
-    setup = args[0]
-    path = model_dir(cfg.model, cfg.output_dir)  # rank 0 built it before sending setup
-    model, _ = load_model_and_tokenizer(
-        path, dtype=cfg.model.dtype, device=resolve_device(cfg.model.device)
-    )
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if setup["ref_model"] else None
-    backend = MegatronBackend(model, cfg.train, pad_id=setup["pad_id"], ref_model=ref)
-    del model  # converted: only the megatron shard is needed on this rank
-    backend.follow()
+    """What a rank other than 0 runs: its MegatronBackend follows rank 0 (``follow_rank_zero``)."""
+    follow_rank_zero(cfg, MegatronBackend)

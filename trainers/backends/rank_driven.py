@@ -12,6 +12,8 @@ scripts and tests do, so nothing is sent).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -93,3 +95,35 @@ class RankZeroDriven:
     def _send(self, op: str, *args: Any) -> None:
         if not self._lockstep:
             distributed.send(op, *args)
+
+
+def follow_rank_zero(cfg: Any, backend_cls: Callable[..., RankZeroDriven]) -> None:
+    """What a rank other than 0 runs for a whole trainer run.
+
+    It waits for rank 0's ``setup`` (sent when rank 0 builds its backend, after
+    the warm start), loads the same model (its weights are then replaced by rank
+    0's), builds its part of ``backend_cls`` and follows rank 0's calls until
+    STOP. No engine, env, scheduler or output file exists here.
+
+    Args:
+        cfg: the run's config (``model``, ``train``, ``output_dir``).
+        backend_cls: the sharded backend rank 0 built.
+    """
+    from areal_env.config import resolve_device
+    from areal_env.models.load import model_dir
+    from areal_env.models.tiny import load_model_and_tokenizer
+
+    op, args = distributed.receive()
+    if op == distributed.STOP:
+        return
+    if op != "setup":
+        raise RuntimeError(f"rank {distributed.rank()}: expected setup from rank 0, got {op!r}")
+    setup = args[0]
+    path = model_dir(cfg.model, cfg.output_dir)  # rank 0 built it before sending setup
+    model, _ = load_model_and_tokenizer(
+        path, dtype=cfg.model.dtype, device=resolve_device(cfg.model.device)
+    )
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if setup["ref_model"] else None
+    backend = backend_cls(model, cfg.train, pad_id=setup["pad_id"], ref_model=ref)
+    del model  # the backend holds what this rank needs (Megatron: only its converted shard)
+    backend.follow()
