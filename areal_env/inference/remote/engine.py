@@ -6,12 +6,11 @@ the choice of server (``router.py``) this module owns four things:
 
 **Versions that cannot lie (AReaL #1569).** A chunk of generation is labelled
 with the version read *before* it is sent. A weight update bumps an *epoch*
-right before any server loads (with ``interrupt``: at its pause, before the
-abort). A chunk that returns in the epoch it left in was generated entirely by
-the weights it is labelled with. A chunk that returns after an update began
-is kept only if the update's pause aborted it (it ran before the load); any
-other such chunk may hold tokens from either side of the load, so it is
-discarded and generated again (counted).
+right before any server loads. A chunk that returns in the epoch it left in
+was generated entirely by the weights it is labelled with. A chunk that
+returns after an update began is kept only if the update's pause aborted it
+(it ran before the load); any other such chunk may hold tokens from either
+side of the load, so it is discarded and generated again (counted).
 
 **Interruptible generation (AReaL's design).** With ``update_mode=interrupt``
 ``pause()`` aborts what the servers are generating instead of waiting for the
@@ -387,8 +386,7 @@ class RemoteEngine:
             if not was_paused:
                 await self.pause()
             try:
-                if self.update_mode != "interrupt":  # interrupt: pause() began the epoch
-                    self._epoch += 1  # from here on, returning chunks may straddle the load
+                self._epoch += 1  # from here on, returning chunks may straddle the load
                 targets = [s for s in self._servers if s.healthy]
                 results = await asyncio.gather(
                     *(self._load(s, update, name) for s in targets),
@@ -432,11 +430,6 @@ class RemoteEngine:
     async def pause(self) -> None:
         """Hold new chunks; interrupt (abort) or drain the ones in flight."""
         await self.start()
-        if self.update_mode == "interrupt":
-            # A new epoch at the pause, not only at the load: a chunk that reached a
-            # server after the last load and is aborted by this pause (its epoch is
-            # then two behind) may hold tokens of the weights loaded since its send.
-            self._epoch += 1
         self._paused = True
         self._gate.clear()
         if self.update_mode == "interrupt":
