@@ -8,9 +8,12 @@ the choice of server (``router.py``) this module owns four things:
 with the version read *before* it is sent. A weight update bumps an *epoch*
 right before any server loads. A chunk that returns in the epoch it left in
 was generated entirely by the weights it is labelled with. A chunk that
-returns after an update began is kept only if the update's pause aborted it
-(it ran before the load); any other such chunk may hold tokens from either
-side of the load, so it is discarded and generated again (counted).
+returns after an update began is kept only if that update's pause aborted it
+(it ran before the load): the engine counts its pauses, and an aborted chunk is
+trusted only while the first pause after its send is the latest (a chunk that
+reached a server after a load and is aborted by the *next* pause holds the
+newer weights' tokens). Any other such chunk may hold tokens from either side
+of the load, so it is discarded and generated again (counted).
 
 **Interruptible generation (AReaL's design).** With ``update_mode=interrupt``
 ``pause()`` aborts what the servers are generating instead of waiting for the
@@ -189,6 +192,8 @@ class RemoteEngine:
         self._version = version
         self._initial_version = version
         self._epoch = 0
+        self._pauses = 0
+        """Pauses begun so far: tells which pause aborted a returning chunk."""
         self._latest_path: str | None = None
         self.lora_adapters = lora_adapters
         self._adapter: str | None = None
@@ -313,6 +318,7 @@ class RemoteEngine:
                     continue
                 # fixed before the send; the adapter always matches the version
                 version, epoch, adapter = self._version, self._epoch, self._adapter
+                pauses = self._pauses
                 part += 1
                 try:
                     chunk = await self._send(server, pending, request, ids, budget, part, adapter)
@@ -338,7 +344,7 @@ class RemoteEngine:
                     self._check_soon(server)
                     await self._backoff(retries)
                     continue
-                if not self._trust(chunk, epoch):
+                if not self._trust(chunk, epoch, pauses):
                     continue
                 if chunk.finish_reason == "abort" and self._epoch == epoch:
                     # Aborted with no update of ours: the server's doing; keep the
@@ -430,6 +436,8 @@ class RemoteEngine:
     async def pause(self) -> None:
         """Hold new chunks; interrupt (abort) or drain the ones in flight."""
         await self.start()
+        if not self._paused:
+            self._pauses += 1  # before the abort: the chunks it ends see the new count
         self._paused = True
         self._gate.clear()
         if self.update_mode == "interrupt":
@@ -510,11 +518,18 @@ class RemoteEngine:
             if adapter is not None and adapter != self._adapter:
                 self._unload_stale()  # maybe the last chunk of an old adapter
 
-    def _trust(self, chunk: Chunk, epoch: int) -> bool:
-        """Whether ``chunk``'s tokens surely came from the version read at its send."""
+    def _trust(self, chunk: Chunk, epoch: int, pauses: int) -> bool:
+        """Whether ``chunk``'s tokens surely came from the version read at its send.
+
+        ``epoch`` and ``pauses`` are the engine's counts read at the send.
+        """
         if self._epoch == epoch:
             return True
-        if chunk.finish_reason == "abort" and self._epoch == epoch + 1:
+        if (
+            chunk.finish_reason == "abort"
+            and self._epoch == epoch + 1
+            and self._pauses == pauses + 1
+        ):
             return True  # aborted by the pause that preceded the (one) load
         self.stats.discarded_chunks += 1
         self.stats.discarded_tokens += len(chunk.output_ids)

@@ -247,6 +247,26 @@ async def test_versions_never_lie_when_requests_race_updates():
     assert engine.stats.discarded_chunks > 0  # the race happened and was caught
 
 
+async def test_a_chunk_that_arrived_after_a_load_and_is_aborted_by_the_next_pause_is_not_kept():
+    """The race above, forced: sent at v0, it reaches the server after v1 loaded,
+    runs on v1 and is aborted by the pause of the update to v2. Kept, its v1
+    tokens would carry the v0 label."""
+    async with servers(token_delay=0.005, arrival_delay=0.3) as fakes, engine_on(fakes) as engine:
+        task = asyncio.create_task(engine.agenerate(request((5,), 400)))
+        await wait_for(lambda: fakes[0].requests)  # sent at v0, still on its way
+        await push(engine, 1)  # loads before the request arrives
+        fake = fakes[0]
+        await wait_for(lambda: fake._resumed.is_set() and fake.weights == 1)
+        await asyncio.sleep(0.4)  # it arrived and generates on v1
+        await engine.pause()  # the next update's pause aborts it
+        await wait_for(lambda: engine.stats.discarded_chunks == 1)
+        await push(engine, 2)
+        await engine.resume()
+        result = await task
+    assert_provenance(result)
+    assert 2 in result.output_versions and 1 not in result.output_versions
+
+
 async def test_update_needs_a_weight_folder():
     async with servers() as fakes, engine_on(fakes) as engine:
         assert engine.weight_transports == ("disk",)
