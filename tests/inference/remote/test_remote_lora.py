@@ -8,12 +8,13 @@ weights produced it, and a request naming an unloaded adapter fails as on vLLM.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import pytest
 import torch
-from remote_fakes import PROBE_IDS, FakeServer, weights_logprob
+from remote_fakes import FakeServer
+from remote_harness import FAST, assert_provenance, engine_on, request, wait_for
+from remote_harness import servers as any_servers
 
 from areal_env.inference.registry import (
     EngineContext,
@@ -22,55 +23,23 @@ from areal_env.inference.registry import (
     make_engine,
 )
 from areal_env.inference.remote.api import ServerStartupError
-from areal_env.inference.remote.engine import RemoteEngine, RemoteEngineConfig, adapter_name
+from areal_env.inference.remote.engine import RemoteEngine, adapter_name
 from areal_env.inference.remote.launch import (
     LORA_SERVER_ENV,
     VLLM_MAX_LORA_RANKS,
     vllm_lora_args,
 )
 from areal_env.trainers.weight_sync import make_update
-from areal_env.types import GenerationRequest, SamplingParams, WeightUpdate
-
-FAST = RemoteEngineConfig(
-    request_timeout=10,
-    max_retries=3,
-    retry_backoff=0.01,
-    health_interval=0.1,
-    health_timeout=0.5,
-    connect_timeout=2,
-)
+from areal_env.types import WeightUpdate
 
 
-@contextlib.asynccontextmanager
-async def servers(n=1, **kwargs):
-    fakes = [FakeServer("vllm", lora=True, **kwargs) for _ in range(n)]
-    for fake in fakes:
-        await fake.start()
-    try:
-        yield fakes
-    finally:
-        for fake in fakes:
-            await fake.stop()
+def servers(n=1, **kwargs):
+    """Fake vLLM servers with run-time LoRA loading."""
+    return any_servers(n, lora=True, **kwargs)
 
 
-@contextlib.asynccontextmanager
-async def lora_engine(fakes, **kwargs):
-    engine = RemoteEngine(
-        "vllm", [f.url for f in fakes], FAST, probe_ids=PROBE_IDS, lora_adapters=True, **kwargs
-    )
-    try:
-        await engine.start()
-        yield engine
-    finally:
-        await engine.close()
-
-
-def request(prompt=(5,), n=8, session=None):
-    return GenerationRequest(
-        input_ids=tuple(prompt),
-        sampling=SamplingParams(max_new_tokens=n),
-        session_id=session,
-    )
+def lora_engine(fakes, **kwargs):
+    return engine_on(fakes, lora_adapters=True, **kwargs)
 
 
 def folder(version):
@@ -79,20 +48,6 @@ def folder(version):
 
 async def push_adapter(engine, version):
     await engine.update_weights(WeightUpdate(version=version, path=folder(version), adapter=True))
-
-
-async def wait_for(predicate, limit=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
-
-
-def assert_provenance(result):
-    for version, logprob in zip(result.output_versions, result.output_logprobs, strict=True):
-        assert logprob == pytest.approx(weights_logprob(version)), result.output_versions
 
 
 # ---- loading and naming -----------------------------------------------------------------
