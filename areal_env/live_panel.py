@@ -7,9 +7,9 @@ event loop, so it shows rollouts progressing while the trainer waits:
 
 * **step** and **ETA** (mean wall time of the recent steps times the steps left),
   the phase the trainer is in (waiting for rollouts, training, evaluating);
-* **episodes** running, finished and failed since the panel started, and groups
-  dropped or filtered; live, read from ``scheduler.state_dict()`` (see
-  :func:`live_counts`);
+* **episodes** running now, finished and failed since the panel started, and
+  groups buffered, dropped or filtered; live, read from
+  ``scheduler.live_stats()`` (see :func:`live_counts`);
 * **staleness** mean and max, **reward** of the last batch with a sparkline of
   the recent ones, **tokens/s** and the last **eval** results, from the metrics
   of each step (:meth:`LivePanel.on_step`).
@@ -39,6 +39,7 @@ from rich.live import Live
 from rich.table import Table
 
 from areal_env.config import MetricsConfig
+from areal_env.rollout.scheduler import RolloutLiveStats
 
 __all__ = ["LiveCounts", "LivePanel", "live_counts", "live_panel_enabled", "sparkline"]
 
@@ -47,11 +48,11 @@ logger = logging.getLogger(__name__)
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-class StateDictSource(Protocol):
-    """What the panel reads from a rollout scheduler: its resumable state."""
+class LiveStatsSource(Protocol):
+    """What the panel reads from a rollout scheduler."""
 
-    def state_dict(self) -> dict[str, Any]:
-        """``pending_groups`` and the run-long ``totals`` counters."""
+    def live_stats(self) -> RolloutLiveStats:
+        """The scheduler's counters now."""
         ...
 
 
@@ -72,12 +73,12 @@ def live_panel_enabled(config: MetricsConfig, stream: IO[str] | None = None) -> 
 
 @dataclass(frozen=True, slots=True)
 class LiveCounts:
-    """Episode counts since the panel started, derived from the scheduler's state."""
+    """Episode counts of the panel: running now, the rest since it started."""
 
     running: int
-    """Episodes in flight (or queued to run again after a resume)."""
+    """Episode attempts running now."""
     finished: int
-    """Episodes of accepted groups."""
+    """Episodes that ended with a trajectory."""
     failed: int
     """Episodes that failed after their retries."""
     dropped_groups: int
@@ -85,47 +86,28 @@ class LiveCounts:
     filtered_groups: int
     """Groups dropped by a filter (all rewards equal)."""
     buffered_groups: int
-    """Accepted groups waiting for the trainer."""
+    """Accepted groups waiting for the trainer, now."""
 
 
-def live_counts(
-    state: Mapping[str, Any],
-    baseline: Mapping[str, Any],
-    *,
-    batches_taken: int,
-    batch_size: int,
-    n_samples: int,
-) -> LiveCounts:
-    """Live episode counts from two ``scheduler.state_dict()`` snapshots.
-
-    The scheduler exposes no live counters, but its state holds the run-long
-    ``totals`` (updated as groups end) and ``pending_groups`` (queued, in flight
-    or buffered). Against the ``baseline`` taken when the panel started (the
-    buffer is empty then), the buffer holds the groups accepted since, less
-    those evicted as stale and those the trainer took; the other pending groups
-    are running (after a resume, some may still be queued: counted as running).
+def live_counts(now: RolloutLiveStats, baseline: RolloutLiveStats) -> LiveCounts:
+    """The panel's counts: ``now``'s running and buffered, the totals since ``baseline``.
 
     Example:
-        >>> base = {"pending_groups": [], "totals": {"accepted_groups": 0}}
-        >>> now = {"pending_groups": [3, 4, 5], "totals": {"accepted_groups": 4,
-        ...        "failed_episodes": 1}}
-        >>> c = live_counts(now, base, batches_taken=1, batch_size=2, n_samples=4)
-        >>> c.running, c.finished, c.failed, c.buffered_groups
-        (4, 16, 1, 2)
+        >>> base = RolloutLiveStats(0, 0, finished_episodes=8, failed_episodes=1,
+        ...     accepted_groups=2, dropped_groups=0, filtered_groups=0, stale_groups=0)
+        >>> now = RolloutLiveStats(12, 1, finished_episodes=30, failed_episodes=2,
+        ...     accepted_groups=7, dropped_groups=1, filtered_groups=0, stale_groups=0)
+        >>> c = live_counts(now, base)
+        >>> c.running, c.finished, c.failed, c.buffered_groups, c.dropped_groups
+        (12, 22, 1, 1, 1)
     """
-
-    def delta(key: str) -> int:
-        return int(state["totals"].get(key, 0)) - int(baseline["totals"].get(key, 0))
-
-    buffered = max(0, delta("accepted_groups") - delta("stale_groups") - batches_taken * batch_size)
-    running_groups = max(0, len(state["pending_groups"]) - buffered)
     return LiveCounts(
-        running=running_groups * n_samples,
-        finished=delta("accepted_groups") * n_samples,
-        failed=delta("failed_episodes"),
-        dropped_groups=delta("dropped_groups"),
-        filtered_groups=delta("filtered_groups"),
-        buffered_groups=buffered,
+        running=now.running_episodes,
+        finished=now.finished_episodes - baseline.finished_episodes,
+        failed=now.failed_episodes - baseline.failed_episodes,
+        dropped_groups=now.dropped_groups - baseline.dropped_groups,
+        filtered_groups=now.filtered_groups - baseline.filtered_groups,
+        buffered_groups=now.buffered_groups,
     )
 
 
@@ -157,10 +139,8 @@ class LivePanel:
     Args:
         total_steps: the run's last step.
         start_step: the step it starts after (non-zero on resume).
-        scheduler: read for live episode counts (anything with ``state_dict()``);
+        scheduler: read for live episode counts (anything with ``live_stats()``);
             None shows only what :meth:`on_step` reports.
-        batch_size: groups per batch (``rollout.batch_size``).
-        n_samples: episodes per group (``rollout.n_samples``).
         console: where to draw; a new stdout console by default.
         refresh_s: seconds between redraws.
         title: the first word of the panel (the trainer's name).
@@ -172,9 +152,7 @@ class LivePanel:
         *,
         total_steps: int,
         start_step: int = 0,
-        scheduler: StateDictSource | None = None,
-        batch_size: int = 1,
-        n_samples: int = 1,
+        scheduler: LiveStatsSource | None = None,
         console: Console | None = None,
         refresh_s: float = 0.5,
         title: str = "grpo",
@@ -185,8 +163,6 @@ class LivePanel:
         self.start_step = start_step
         self.step = start_step
         self.scheduler = scheduler
-        self.batch_size = batch_size
-        self.n_samples = n_samples
         self.console = console or Console()
         self.refresh_s = refresh_s
         self.title = title
@@ -200,7 +176,7 @@ class LivePanel:
         self.step_times: deque[float] = deque(maxlen=10)
         self.counts: LiveCounts | None = None
         self.refreshes = 0
-        self._baseline: dict[str, Any] | None = None
+        self._baseline: RolloutLiveStats | None = None
         self._started_at = clock()
         self._phase_since = self._started_at
         self._last_step_at = self._started_at
@@ -288,16 +264,10 @@ class LivePanel:
         """Read the scheduler's live counts (nothing without a scheduler)."""
         if self.scheduler is None:
             return
-        state = self.scheduler.state_dict()
+        now = self.scheduler.live_stats()
         if self._baseline is None:
-            self._baseline = state
-        self.counts = live_counts(
-            state,
-            self._baseline,
-            batches_taken=self.step - self.start_step,
-            batch_size=self.batch_size,
-            n_samples=self.n_samples,
-        )
+            self._baseline = now
+        self.counts = live_counts(now, self._baseline)
 
     def refresh(self) -> None:
         """Poll and redraw; the first error turns the panel off, logged."""

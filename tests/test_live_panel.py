@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from areal_env.config import MetricsConfig
-from areal_env.live_panel import LivePanel, live_counts, live_panel_enabled
+from areal_env.live_panel import LivePanel, live_panel_enabled
+from areal_env.rollout.scheduler import RolloutLiveStats
 
 STATS = {
     "rollout/reward_mean": 0.625,
@@ -23,19 +24,29 @@ STATS = {
 }
 
 
+def live(running=0, buffered=0, finished=0, failed=0, accepted=0, dropped=0, filtered=0):
+    return RolloutLiveStats(
+        running_episodes=running,
+        buffered_groups=buffered,
+        finished_episodes=finished,
+        failed_episodes=failed,
+        accepted_groups=accepted,
+        dropped_groups=dropped,
+        filtered_groups=filtered,
+        stale_groups=0,
+    )
+
+
 class FakeScheduler:
-    """Holds a ``state_dict()`` the test changes, as the real one changes while groups run."""
+    """Serves ``live_stats()`` the test changes, as the real ones change while groups run."""
 
     def __init__(self) -> None:
-        self.state = {"pending_groups": [], "totals": {"accepted_groups": 0, "failed_episodes": 0}}
+        self.stats = live()
         self.calls = 0
 
-    def state_dict(self) -> dict:
+    def live_stats(self) -> RolloutLiveStats:
         self.calls += 1
-        return {
-            "pending_groups": list(self.state["pending_groups"]),
-            "totals": dict(self.state["totals"]),
-        }
+        return self.stats
 
 
 class Clock:
@@ -58,14 +69,10 @@ def _text(panel: LivePanel) -> str:
 
 def test_the_panel_renders_progress_episodes_staleness_reward_throughput_and_eval():
     clock, scheduler = Clock(), FakeScheduler()
-    panel = LivePanel(
-        total_steps=10, start_step=2, scheduler=scheduler, batch_size=2, n_samples=4, clock=clock
-    )
-    panel.poll()  # baseline: nothing ran yet
-    scheduler.state = {
-        "pending_groups": [7, 8, 9, 10, 11],  # none buffered: 2 steps took the 4 accepted
-        "totals": {"accepted_groups": 4, "failed_episodes": 3, "dropped_groups": 1},
-    }
+    scheduler.stats = live(finished=40, failed=2, accepted=5)  # before this run (resumed)
+    panel = LivePanel(total_steps=10, start_step=2, scheduler=scheduler, clock=clock)
+    panel.poll()  # baseline
+    scheduler.stats = live(running=20, finished=56, failed=5, accepted=9, dropped=1)
     for step, reward in ((3, 0.25), (4, 0.625)):
         clock.now += 30.0
         panel.on_step(step, {**STATS, "rollout/reward_mean": reward})
@@ -89,30 +96,13 @@ def test_before_the_first_step_it_says_what_it_waits_for_and_has_no_eta():
     assert "reward" not in text  # nothing to show yet
 
 
-def test_live_counts_subtract_the_batches_taken_and_the_stale_groups():
-    base = {"pending_groups": [0, 1], "totals": {"accepted_groups": 10, "stale_groups": 1}}
-    now = {"pending_groups": [4, 5, 6, 7], "totals": {"accepted_groups": 15, "stale_groups": 2}}
-    counts = live_counts(now, base, batches_taken=2, batch_size=2, n_samples=3)
-    assert counts.finished == 15  # 5 groups of 3 accepted since the baseline
-    assert counts.buffered_groups == 5 - 1 - 4  # accepted, less evicted, less taken
-    assert counts.running == (4 - 0) * 3
-
-
 async def test_the_panel_redraws_while_the_trainer_waits_for_rollouts():
     scheduler = FakeScheduler()
     console = _console(terminal=True)
-    panel = LivePanel(
-        total_steps=3,
-        scheduler=scheduler,
-        batch_size=1,
-        n_samples=2,
-        console=console,
-        refresh_s=0.01,
-    )
+    panel = LivePanel(total_steps=3, scheduler=scheduler, console=console, refresh_s=0.01)
     async with panel.running():
         before = panel.refreshes
-        scheduler.state["pending_groups"] = [0, 1, 2]  # groups start, no step happens
-        scheduler.state["totals"] = {"accepted_groups": 0, "failed_episodes": 1}
+        scheduler.stats = live(running=6, failed=1)  # episodes start, no step happens
         await asyncio.sleep(0.15)  # the trainer awaits next_batch() meanwhile
         assert panel.refreshes >= before + 3
         assert panel.counts is not None and panel.counts.running == 6
@@ -139,7 +129,7 @@ async def test_a_rendering_error_turns_the_panel_off_logged_once_without_crashin
 
 async def test_a_scheduler_that_raises_while_polled_turns_the_panel_off(caplog):
     class Broken(FakeScheduler):
-        def state_dict(self) -> dict:
+        def live_stats(self) -> RolloutLiveStats:
             raise RuntimeError("boom")
 
     panel = LivePanel(total_steps=3, scheduler=Broken(), console=_console(), refresh_s=0.01)

@@ -158,8 +158,6 @@ async def train(
             total_steps=cfg.train.steps,
             start_step=start_step,
             scheduler=scheduler,
-            batch_size=cfg.rollout.batch_size,
-            n_samples=cfg.rollout.n_samples,
         )
     bar = progress_bar(
         total=cfg.train.steps,

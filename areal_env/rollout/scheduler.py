@@ -96,8 +96,35 @@ _TOTALS = (
     "stale_groups",
     "group_retries",
     "failed_episodes",
+    "finished_episodes",
 )
 """Run-long counters kept in ``state_dict()``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutLiveStats:
+    """The scheduler's counters right now, for progress displays (``live_stats()``).
+
+    The ``*_episodes``/``*_groups`` totals count since the run began (a resumed run
+    continues its checkpoint's); ``running_episodes`` and ``buffered_groups`` are now.
+    """
+
+    running_episodes: int
+    """Episode attempts running now."""
+    buffered_groups: int
+    """Accepted groups waiting for the trainer."""
+    finished_episodes: int
+    """Episodes that ended with a trajectory (whatever became of their group)."""
+    failed_episodes: int
+    """Episodes that failed after their retries."""
+    accepted_groups: int
+    dropped_groups: int
+    """Groups dropped for a failed member."""
+    filtered_groups: int
+    """Groups dropped by a filter (e.g. all rewards equal)."""
+    stale_groups: int
+    """Buffered groups evicted for exceeding the staleness bound."""
+
 
 GROUP_FAILURE_POLICIES = ("drop", "retry")
 """Valid values of ``rollout.group_failure``."""
@@ -302,6 +329,20 @@ class RolloutScheduler:
         self._last_batch_at = time.monotonic()
         return build_batch(groups, version=self._version, extra_stats=self._take_recent_stats())
 
+    def live_stats(self) -> RolloutLiveStats:
+        """Counters as they are now (cheap: a progress display may poll it often)."""
+        t = self._totals
+        return RolloutLiveStats(
+            running_episodes=len(self._activities),
+            buffered_groups=len(self._buffer),
+            finished_episodes=t["finished_episodes"],
+            failed_episodes=t["failed_episodes"],
+            accepted_groups=t["accepted_groups"],
+            dropped_groups=t["dropped_groups"],
+            filtered_groups=t["filtered_groups"],
+            stale_groups=t["stale_groups"],
+        )
+
     def state_dict(self) -> dict[str, Any]:
         """What resume needs: data position, unconsumed groups, counters."""
         buffered = [g for g, _ in self._buffer]
@@ -414,8 +455,7 @@ class RolloutScheduler:
             attempt, max_retries=self.config.max_retries, timeout_s=self.config.episode_timeout_s
         )
         self._failures.record(outcome)
-        if not outcome.ok:
-            self._totals["failed_episodes"] += 1
+        self._totals["finished_episodes" if outcome.ok else "failed_episodes"] += 1
         return outcome
 
     def _finish_group(self, g: int, trajectories: list[Trajectory] | None, cause: str) -> None:

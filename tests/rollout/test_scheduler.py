@@ -196,6 +196,27 @@ async def test_failed_member_drops_its_group_and_is_counted() -> None:
     assert scheduler.state_dict()["totals"]["dropped_groups"] == 1
 
 
+async def test_live_stats_count_running_finished_failed_and_buffered_episodes() -> None:
+    seed0 = task_seed_for(7, 0)
+    fake = GatedEpisodes(open_gate=False, fail=lambda s, i, a: s == seed0 and i == 1)
+    scheduler = RolloutScheduler(config(max_retries=0, max_head_offpolicyness=0), fake)
+    async with scheduler.running():
+        await settle()
+        stats = scheduler.live_stats()
+        assert stats.running_episodes == 6 == fake.in_flight  # two groups of three admitted
+        assert (stats.finished_episodes, stats.failed_episodes, stats.buffered_groups) == (0, 0, 0)
+        fake.gate.set()
+        await settle()
+        stats = scheduler.live_stats()
+        # group 0 failed (its member 1) and was replaced by group 2, which ran too
+        assert stats.failed_episodes == 1 and stats.dropped_groups == 1
+        assert stats.accepted_groups == 2 == stats.buffered_groups
+        assert stats.finished_episodes == 2 + 3 + 3  # group 0's two others, groups 1 and 2
+        assert stats.running_episodes == 0
+        await scheduler.next_batch()
+        assert scheduler.live_stats().buffered_groups == 0
+
+
 async def test_transient_failure_is_retried_and_the_group_kept() -> None:
     seed0 = task_seed_for(7, 0)
     fake = GatedEpisodes(fail=lambda s, i, a: s == seed0 and i == 0 and a == 1)
@@ -316,6 +337,7 @@ async def test_resume_regenerates_unconsumed_groups_with_the_same_seeds() -> Non
             "stale_groups": 0,
             "group_retries": 0,
             "failed_episodes": 0,
+            "finished_episodes": 8,
         },
     }
 
