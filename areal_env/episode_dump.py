@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from areal_env.evaluation import to_jsonable
+from areal_env.metrics import drop_rows_after_step
 from areal_env.types import EpisodeBatch, Sample, Trajectory
 
 __all__ = ["EPISODES_FILE", "EpisodeDumper", "episode_record", "pick_episodes", "read_episodes"]
@@ -136,8 +137,7 @@ class EpisodeDumper:
             if resume_after_step is None:  # a fresh run in an old folder starts a fresh file
                 self.path.unlink()
             else:
-                kept = [r for r in read_episodes(self.path) if r["step"] <= resume_after_step]
-                self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                drop_rows_after_step(self.path, resume_after_step)
 
     def due(self, step: int) -> bool:
         """Whether ``step`` is a dump step."""

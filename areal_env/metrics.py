@@ -43,13 +43,11 @@ class MetricsLogger:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.output_dir / "metrics.jsonl"
         self.config = config
-        kept: list[dict[str, Any]] = []
-        if resume_after_step is not None and self.path.exists():
-            # Steps after the checkpoint will be run again: drop their old rows.
-            kept = [r for r in read_metrics(self.path) if r["step"] <= resume_after_step]
-        self._file = self.path.open("w")
-        for row in kept:
-            self._file.write(json.dumps(row) + "\n")
+        if resume_after_step is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            drop_rows_after_step(self.path, resume_after_step)
+        self._file = self.path.open("a")
         self._wandb = self._init_wandb(run_config or {}, resume_after_step is not None)
         self._tensorboard = self._init_tensorboard()
 
@@ -102,6 +100,18 @@ class MetricsLogger:
             self._wandb.finish()
             self._wandb = None
         return plot_metrics(self.path) if self.config.plot else None
+
+
+def drop_rows_after_step(path: str | Path, step: int) -> None:
+    """Keep only the rows of a step-keyed JSONL file (``"step"`` in each) up to ``step``.
+
+    On resume the steps after the checkpoint run again, so their rows from the
+    interrupted run would otherwise appear twice. A missing file is left missing.
+    """
+    path = Path(path)
+    if path.exists():
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

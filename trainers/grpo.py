@@ -52,7 +52,7 @@ from areal_env.episode_dump import EpisodeDumper
 from areal_env.evaluation import evaluate_in_training
 from areal_env.inference.registry import start_engine
 from areal_env.live_panel import LivePanel, live_panel_enabled
-from areal_env.metrics import MetricsLogger
+from areal_env.metrics import MetricsLogger, drop_rows_after_step
 from areal_env.progress import progress_bar
 from areal_env.rollout.scheduler import RolloutScheduler
 from areal_env.trainers.algorithms.advantages import compute_advantages
@@ -175,7 +175,9 @@ async def train(
     eval_fns = None
     if cfg.eval.every_steps:
         eval_fns = training_eval_episode_fns(parts, cfg.eval, cfg.env, cfg.inference.sampling)
-        if not resumed:  # a fresh run in an old folder starts a fresh file
+        if resumed:  # the steps after the checkpoint evaluate again
+            drop_rows_after_step(out / EVAL_EPISODES_FILE, start_step)
+        else:  # a fresh run in an old folder starts a fresh file
             (out / EVAL_EPISODES_FILE).unlink(missing_ok=True)
     phase = panel.set_phase if panel is not None else (lambda _: None)
     async with scheduler.running(), panel.running() if panel else contextlib.nullcontext():

@@ -59,6 +59,26 @@ def test_a_run_logs_eval_metrics_at_the_due_steps_beside_the_training_ones(tmp_p
     assert step2 == [("greedy", s) for s in seeds] + [("sampled", s) for s in seeds for _ in "ab"]
 
 
+def test_a_resumed_run_evaluates_the_steps_after_its_checkpoint_once(tmp_path):
+    """The eval rows of steps that run again after a resume replace the old ones."""
+    import shutil
+
+    from areal_env.checkpoint import list_checkpoints
+
+    register_test_envs()
+    out = tmp_path / "run"
+    run = [*RUN, "train.steps=3", "eval.every_steps=1", f"output_dir={out}"]
+    assert grpo.main([*run, "checkpoint.every_steps=2"]) == 0
+    shutil.rmtree(list_checkpoints(out)[-1])  # as if killed after step 3's eval
+    assert list_checkpoints(out)[-1].name == "step_000002"
+    assert grpo.main([*run, "checkpoint.every_steps=2", "recover=true"]) == 0
+    lines = [json.loads(x) for x in (out / grpo.EVAL_EPISODES_FILE).read_text().splitlines()]
+    per_step = [sum(x["step"] == step for x in lines) for step in (1, 2, 3)]
+    assert per_step == [3 * (1 + 2)] * 3  # one eval's episodes per step, none twice
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
 def test_eval_is_off_by_default():
     assert TrainEvalConfig().every_steps == 0
     assert not TrainEvalConfig().due(10, 10)
