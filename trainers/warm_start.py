@@ -21,6 +21,7 @@ import asyncio
 import functools
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,35 @@ DEMO_SEED_OFFSET = 10_000_000
 """Demonstration tasks are drawn from seeds above this, away from RL task seeds."""
 EVAL_SEED_OFFSET = 20_000_000
 """Accuracy checks use their own seeds so they measure generalisation."""
+
+
+class TargetCheck:
+    """Whether the mean of the last ``window`` accuracy checks has reached ``target``.
+
+    One check is a noisy estimate, and stopping at the first one over the target
+    picks lucky ones; a mean over a few checks stops nearer the true accuracy.
+
+    Example:
+        >>> check = TargetCheck(0.2, window=2)
+        >>> check.add(0.25), check.add(0.1), check.add(0.35), round(check.mean, 3)
+        (False, False, True, 0.225)
+    """
+
+    def __init__(self, target: float, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"warm_start.accuracy_window must be >= 1, got {window}")
+        self.target = target
+        self.recent: deque[float] = deque(maxlen=window)
+
+    @property
+    def mean(self) -> float:
+        """Mean of the checks in the window (0 before the first)."""
+        return sum(self.recent) / len(self.recent) if self.recent else 0.0
+
+    def add(self, accuracy: float) -> bool:
+        """Record a check; True once a full window's mean reaches the target."""
+        self.recent.append(accuracy)
+        return len(self.recent) == self.recent.maxlen and self.mean >= self.target
 
 
 @dataclass(kw_only=True, slots=True)
@@ -176,6 +206,7 @@ async def warm_start(
         )
     rng = random.Random(seed)
     accuracy, step = 0.0, 0
+    check = TargetCheck(cfg.target_accuracy, cfg.accuracy_window)
     bar = progress_bar(total=cfg.max_steps, desc="warm start", enabled=progress)
     try:
         while step < cfg.max_steps:
@@ -197,8 +228,8 @@ async def warm_start(
                     stats["sft/nll"],
                     accuracy,
                 )
-                if accuracy >= cfg.target_accuracy:
-                    return WarmStartResult(steps=step, accuracy=accuracy, reached_target=True)
+                if check.add(accuracy):
+                    return WarmStartResult(steps=step, accuracy=check.mean, reached_target=True)
     finally:
         bar.close()
     return WarmStartResult(steps=step, accuracy=accuracy, reached_target=False)

@@ -36,6 +36,7 @@ def test_sdk_agent_warm_starts_then_grpo_changes_the_weights(tmp_path, monkeypat
         "warm_start.batch_size=16",
         "warm_start.lr=4e-3",
         "warm_start.eval_every=10",
+        "warm_start.accuracy_window=1",  # the agent pipeline is under test, not the stop rule
         "warm_start.eval_episodes=16",
         "warm_start.target_accuracy=0.25",
         "warm_start.max_steps=400",

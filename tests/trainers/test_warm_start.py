@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from areal_env.trainers.warm_start import EVAL_SEED_OFFSET, sampled_accuracy
+from areal_env.trainers.warm_start import EVAL_SEED_OFFSET, TargetCheck, sampled_accuracy
 from areal_env.types import Trajectory
 
 
@@ -35,3 +35,13 @@ def test_cancellation_still_propagates():
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(sampled_accuracy(episode_fn, 2))
+
+
+def test_the_stop_check_needs_a_full_window_whose_mean_reaches_the_target():
+    check = TargetCheck(0.2, window=3)
+    assert [check.add(a) for a in (0.3, 0.25)] == [False, False]  # not a full window yet
+    assert check.add(0.04) is False  # mean 0.197: one lucky check does not stop it
+    assert check.add(0.33) is True and check.mean == pytest.approx((0.25 + 0.04 + 0.33) / 3)
+    assert TargetCheck(0.2, window=1).add(0.2) is True
+    with pytest.raises(ValueError, match="accuracy_window must be >= 1"):
+        TargetCheck(0.2, window=0)
