@@ -138,8 +138,9 @@ class WarmStartConfig:
     """Supervised warm start on the env's reference answers before RL.
 
     A from-scratch model never samples a correct answer, so GRPO would see only
-    all-zero groups. SFT stops as soon as sampled accuracy reaches the target,
-    leaving mostly mixed groups for RL to learn from.
+    all-zero groups. SFT stops once sampled accuracy (the mean of the last
+    ``accuracy_window`` checks) reaches the target, leaving mostly mixed groups for RL
+    to learn from.
     """
 
     enabled: bool = True
