@@ -10,7 +10,7 @@ The "model" is arithmetic, so tests can check provenance exactly:
 
 Behaviour knobs: ``token_delay`` (seconds per token), ``arrival_delay``
 (seconds before a request reaches the "scheduler", to race weight updates),
-``hang`` (every route sleeps forever), ``fail_next`` (HTTP status for the next
+``hang`` (every route waits until it is set back to False), ``fail_next`` (HTTP status for the next
 N generate calls), ``stop()``/``start()`` to kill and restart (a restart
 forgets loaded weights, like a real server started from the base model).
 
@@ -72,7 +72,8 @@ class FakeServer(HTTPService):
         self.token_delay = token_delay
         self.arrival_delay = arrival_delay
         self.probe_ids = PROBE_IDS if probe_ids is None else probe_ids
-        self.hang = False
+        self._unhung = asyncio.Event()
+        self._unhung.set()
         self.fail_next: list[int] = []
         self.requests: list[dict[str, Any]] = []
         self.loads: list[str] = []
@@ -129,9 +130,20 @@ class FakeServer(HTTPService):
 
     @web.middleware
     async def _hang_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.hang:
-            await asyncio.sleep(3600)
+        await self._unhung.wait()  # released by hang = False, so stop() need not wait
         return await handler(request)
+
+    @property
+    def hang(self) -> bool:
+        """Whether every route waits (until this is set back to False)."""
+        return not self._unhung.is_set()
+
+    @hang.setter
+    def hang(self, value: bool) -> None:
+        if value:
+            self._unhung.clear()
+        else:
+            self._unhung.set()
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({})
