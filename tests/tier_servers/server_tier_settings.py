@@ -32,3 +32,12 @@ SERVER_ARGS = (
     else CPU_SERVER_ARGS
 )
 """Extra server flags: the vLLM-CPU ones unless ``AREAL_SERVER_ARGS`` says otherwise."""
+
+SERVER_TINY_MODEL_OVERRIDES = (
+    "model.tiny.hidden_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_layers=1",
+    "model.tiny.intermediate_size=128",
+)
+"""A tiny model for runs through servers: small, but vLLM-CPU's attention needs
+head_dim >= 32 (16 fails on load)."""

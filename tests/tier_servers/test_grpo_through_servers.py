@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from server_tier_settings import KIND, SERVER_ARGS, SERVER_PYTHON
+from server_tier_settings import KIND, SERVER_ARGS, SERVER_PYTHON, SERVER_TINY_MODEL_OVERRIDES
 
 from areal_env.metrics import read_metrics
 from areal_env.testing import SMALL_RUN_OVERRIDES, SMALL_WARM_START_OVERRIDES
@@ -37,11 +37,7 @@ def test_grpo_launches_servers_trains_pushes_weights_and_stops_the_servers(tmp_p
     out = tmp_path / "run"
     args = ",".join(SERVER_ARGS)
     argv = [
-        # small, but vLLM-CPU's attention needs head_dim >= 32 (16 fails on load)
-        "model.tiny.hidden_size=64",
-        "model.tiny.num_heads=2",
-        "model.tiny.num_layers=1",
-        "model.tiny.intermediate_size=128",
+        *SERVER_TINY_MODEL_OVERRIDES,
         *SMALL_WARM_START_OVERRIDES,
         *SMALL_RUN_OVERRIDES,
         "train.steps=3",

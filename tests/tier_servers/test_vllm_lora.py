@@ -15,7 +15,7 @@ import copy
 import aiohttp
 import pytest
 import torch
-from server_tier_settings import KIND, SERVER_ARGS, SERVER_PYTHON
+from server_tier_settings import KIND, SERVER_ARGS, SERVER_PYTHON, SERVER_TINY_MODEL_OVERRIDES
 
 from areal_env.inference.remote.api import PROBE_TEXT
 from areal_env.inference.remote.engine import RemoteEngine, RemoteEngineConfig
@@ -148,11 +148,7 @@ def test_grpo_with_lora_pushes_adapters_to_vllm(tmp_path):
     out = tmp_path / "run"
     args = ",".join(SERVER_ARGS)
     argv = [
-        # small, but vLLM-CPU's attention needs head_dim >= 32 (16 fails on load)
-        "model.tiny.hidden_size=64",
-        "model.tiny.num_heads=2",
-        "model.tiny.num_layers=1",
-        "model.tiny.intermediate_size=128",
+        *SERVER_TINY_MODEL_OVERRIDES,
         *SMALL_WARM_START_OVERRIDES,
         *SMALL_RUN_OVERRIDES,
         "train.steps=2",
