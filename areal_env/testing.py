@@ -35,6 +35,8 @@ __all__ = [
     "SMALL_RUN_OVERRIDES",
     "SMALL_WARM_START_OVERRIDES",
     "TINY_MODEL_OVERRIDES",
+    "ONE_ENTITY_AGENT_OVERRIDES",
+    "run_agent_end_to_end",
     "ParityEnv",
     "ScriptedEngine",
     "build_tiny_model",
@@ -199,6 +201,60 @@ def snapshot_warm_start(monkeypatch: Any) -> dict[str, Any]:
 
     monkeypatch.setattr(grpo, "warm_start", warm_start_then_snapshot)
     return snapshots
+
+
+ONE_ENTITY_AGENT_OVERRIDES: tuple[str, ...] = (
+    *TINY_MODEL_OVERRIDES,
+    "env.kwargs.num_entities=1",
+    "warm_start.num_demos=16",
+    "warm_start.batch_size=16",
+    "warm_start.lr=4e-3",
+    "warm_start.eval_every=10",
+    "warm_start.accuracy_window=1",  # the agent pipeline is under test, not the stop rule
+    "warm_start.eval_episodes=16",
+    "warm_start.target_accuracy=0.25",
+    "warm_start.max_steps=400",
+    "rollout.batch_size=2",
+    "rollout.n_samples=8",
+    "train.steps=3",
+    "metrics.wandb_mode=disabled",
+    "metrics.progress=false",
+)
+"""An agent end-to-end run in seconds: one invented search entity, so the warm start
+mixes the groups within a few hundred tiny steps, then three GRPO steps."""
+
+
+def run_agent_end_to_end(config: Any, out: Any, monkeypatch: Any, *extra: str) -> list[dict]:
+    """Run ``trainers/grpo.py`` on a search-agent ``config`` and check what any agent must show.
+
+    The run takes :data:`ONE_ENTITY_AGENT_OVERRIDES`, then ``extra``. Checked: the
+    warm start reached its target, three steps were logged, the agent called the
+    search tool, some group was mixed and the GRPO steps changed the weights.
+
+    Returns the run's metric rows for the agent-specific checks.
+    """
+    from pathlib import Path
+
+    from areal_env.metrics import read_metrics
+    from areal_env.trainers import grpo
+
+    snapshots = snapshot_warm_start(monkeypatch)
+    argv = ["--config", str(config), *ONE_ENTITY_AGENT_OVERRIDES, *extra, f"output_dir={out}"]
+    code = grpo.main(argv)
+    if code != 0:
+        raise AssertionError(f"trainers/grpo.py exited with {code}")
+    if not snapshots["result"].reached_target:
+        raise AssertionError(f"the warm start missed its target: {snapshots['result']}")
+    rows = read_metrics(Path(out) / "metrics.jsonl")
+    if [r["step"] for r in rows] != [1, 2, 3]:
+        raise AssertionError(f"expected steps 1-3, got {[r['step'] for r in rows]}")
+    if not max(r.get("rollout/tool_calls_mean", 0.0) for r in rows) > 0.0:
+        raise AssertionError("the agent never called the search tool")
+    if not sum(r.get("train/rows", 0) for r in rows) > 0:
+        raise AssertionError("no step had a mixed group to train on")
+    if not changed_weights(Path(out) / "final_model", snapshots["after_warm_start"]):
+        raise AssertionError("the GRPO steps left every weight as the warm start did")
+    return rows
 
 
 def changed_weights(model_dir: Any, state: dict[str, Any]) -> list[str]:
