@@ -24,6 +24,7 @@ others raise ``ValueError`` naming the architecture.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,6 +97,17 @@ def _norm_names(i: int, fused_norms: bool) -> tuple[str, str]:
     return f"{layer}.input_layernorm.weight", f"{layer}.pre_mlp_layernorm.weight"
 
 
+def _taker(state: dict[str, torch.Tensor], side: str) -> Callable[[str], torch.Tensor]:
+    """``state[name]``, or a ValueError naming the missing weight and whose state dict it is."""
+
+    def take(name: str) -> torch.Tensor:
+        if name not in state:
+            raise ValueError(f"{side} state dict has no {name!r}")
+        return state[name]
+
+    return take
+
+
 def hf_to_megatron(
     state: dict[str, torch.Tensor], hf_config: Any, *, fused_norms: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -108,11 +120,7 @@ def hf_to_megatron(
     heads, groups, head_dim, hidden = _dims(hf_config)
     per_group = heads // groups
     bias = _qkv_bias(hf_config)
-
-    def take(name: str) -> torch.Tensor:
-        if name not in state:
-            raise ValueError(f"HF state dict has no {name!r}")
-        return state[name]
+    take = _taker(state, "HF")
 
     out = {"embedding.word_embeddings.weight": take("model.embed_tokens.weight")}
     for i in range(hf_config.num_hidden_layers):
@@ -156,11 +164,7 @@ def megatron_to_hf(
     heads, groups, head_dim, hidden = _dims(hf_config)
     per_group = heads // groups
     bias = _qkv_bias(hf_config)
-
-    def take(name: str) -> torch.Tensor:
-        if name not in state:
-            raise ValueError(f"Megatron state dict has no {name!r}")
-        return state[name]
+    take = _taker(state, "Megatron")
 
     out = {"model.embed_tokens.weight": take("embedding.word_embeddings.weight")}
     sizes = [per_group * head_dim, head_dim, head_dim]
