@@ -190,7 +190,7 @@ class GRPOConfig:
     )
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, lr=2.5e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, lr=2.5e-4))
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -72,8 +72,9 @@ class TinyModelConfig:
     """Width of the residual stream."""
     num_layers: int = 4
     """Number of transformer blocks. Four, not two: on CPU the step is bound by Python
-    overhead more than by FLOPs, so two more blocks cost ~1.5x per GRPO step and RL
-    learns ~3x faster per step (BENCHMARKS.md, "A deeper default model")."""
+    overhead more than by FLOPs, so two more blocks cost little per GRPO step (0.36 s
+    against 0.31-0.36 s) while RL learns about three times faster per step
+    (BENCHMARKS.md, "A deeper default model")."""
     num_heads: int = 4
     """Attention heads (also key/value heads)."""
     intermediate_size: int = 512
